@@ -1,0 +1,227 @@
+"""The ``fewshot`` command: train, eval, data, bench, reproduce, list.
+
+Bad input (an unknown setting, missing data, an impossible task, a damaged checkpoint) is answered
+with one sentence on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fewshot.errors import FewshotError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config setting, e.g. --set train.episodes=500 (repeatable)")
+    p.add_argument("--data-dir", help="data folder (beats $FEWSHOT_DATA and ~/.cache/fewshot)")
+    p.add_argument("--threads", type=int, help="torch threads (recorded in the run folder)")
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="training precision")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = list(args.overrides)
+    if getattr(args, "data_dir", None):
+        out.append(f"data.dir={args.data_dir}")
+    for key in ("threads", "device", "precision"):
+        if getattr(args, key, None) is not None:
+            out.append(f"{key}={getattr(args, key)}")
+    return out
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    for r in results["test"]:
+        paper = f" (paper {r['paper']})" if r.get("paper") is not None else ""
+        print(f"{r['name']}: {r['mean']:.2f} ± {r['ci95']:.2f} % over {r['tasks']} test tasks{paper}")
+
+
+def _train(config: dict[str, Any], out: str | None, resume: str | None, test: bool = True) -> Path:
+    from fewshot.engine.runs import new_run_dir
+    from fewshot.engine.trainer import Trainer
+
+    run = Path(resume) if resume else Path(out) if out else new_run_dir(config["name"])
+    if not resume and run.exists() and any(run.iterdir()):
+        raise FewshotError(f"run folder {run} already exists and is not empty; choose another --out or "
+                           f"continue it with --resume {run}.")
+    trainer = Trainer(config, run, resume=bool(resume))
+    print(f"run folder: {run}", flush=True)
+    summary = trainer.fit()
+    print(f"trained {summary['step']} episodes in {summary['train_seconds']:.0f} s; best validation accuracy "
+          f"{summary['best']:.2f} at episode {summary['best_step']}", flush=True)
+    if not summary["completed"] and trainer._stop_requested:
+        print(f"stopped early; continue with: fewshot train --resume {run}", flush=True)
+        raise SystemExit(130)
+    if test:
+        _print_results(trainer.test())
+    return run
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from fewshot.engine.config import load_config
+    from fewshot.engine.runs import read_run_config
+
+    if args.resume:
+        config = load_config(base=read_run_config(Path(args.resume)), overrides=_overrides(args))
+    elif not args.config:
+        raise FewshotError("name a method or config to train (see `fewshot list`), or --resume a run folder.")
+    else:
+        config = load_config(args.config, _overrides(args))
+    _train(config, args.out, args.resume, test=not args.no_test)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from fewshot.engine.config import load_config
+    from fewshot.engine.runs import read_run_config
+    from fewshot.engine.trainer import test_run
+
+    run = Path(args.run)
+    config = load_config(base=read_run_config(run), overrides=_overrides(args))
+    name = "results.json" if not args.overrides else "results-eval.json"
+    results = test_run(config, run, checkpoint=args.checkpoint, results_name=name)
+    _print_results(results)
+    print(f"written: {run / name}")
+
+
+def reproductions() -> dict[str, str]:
+    """Reproduction name → shipped config, for every config with a ``reproduce.prefix``."""
+    from fewshot.engine.config import read_yaml, shipped_configs
+
+    out = {}
+    for name in shipped_configs():
+        data = read_yaml(name)
+        if (data.get("reproduce") or {}).get("prefix"):
+            out[data.get("name") or name.replace("/", "-")] = name
+    return out
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from fewshot.engine.config import load_config
+    from fewshot.engine.runs import read_run_config, write_json
+
+    table = reproductions()
+    if args.resume:
+        config = load_config(base=read_run_config(Path(args.resume)), overrides=_overrides(args))
+    else:
+        if args.name not in table:
+            raise FewshotError(f"no reproduction named {args.name!r}; available: {', '.join(sorted(table))}.")
+        config = load_config(table[args.name], _overrides(args))
+    run = _train(config, args.out, args.resume)
+    results = json.loads((run / "results.json").read_text())
+    target = Path(args.results_dir) if args.results_dir else None
+    if target is not None:
+        for summary in results["test"]:
+            write_json(target / f"{summary['name']}.json", summary)
+        print(f"summaries written to {target}/")
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from fewshot.data import omniglot
+
+    if args.dataset != "omniglot":
+        raise FewshotError(f"`fewshot data` knows omniglot only so far, not {args.dataset!r}.")
+    if args.action == "verify":
+        print(json.dumps(omniglot.verify(args.data_dir), indent=2))
+    else:
+        for size, seconds in omniglot.prepare(args.data_dir, tuple(args.sizes), args.resample).items():
+            print(f"omniglot {size}x{size} ({args.resample}) ready in {seconds:.1f} s")
+
+
+def cmd_list(args: argparse.Namespace) -> None:  # noqa: ARG001
+    from fewshot.engine.config import shipped_configs
+    from fewshot.methods import METHODS
+
+    print("methods:", ", ".join(sorted(METHODS)))
+    print("configs:")
+    for c in shipped_configs():
+        print(f"  {c}")
+    print("reproductions:")
+    for name, cfg in sorted(reproductions().items()):
+        print(f"  {name}  ({cfg})")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from fewshot.engine.bench import bench
+
+    result = bench(args.method, args.ways, args.shots, args.queries, args.episodes, args.threads or 1,
+                   args.data_dir, args.precision or "bf16", args.warmup)
+    print(json.dumps(result, indent=2))
+    if args.output:
+        from fewshot.engine.runs import write_json
+
+        write_json(Path(args.output), result)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fewshot", description="Meta-learning that trains for real.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="meta-train a method or config, then test it")
+    t.add_argument("config", nargs="?", help="method name (its defaults), shipped config or YAML file")
+    t.add_argument("--out", help="run folder (default runs/<name>-<time>)")
+    t.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder exactly")
+    t.add_argument("--no-test", action="store_true", help="skip the test evaluation")
+    _common(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run's checkpoint on its test classes")
+    e.add_argument("run", help="run folder")
+    e.add_argument("--checkpoint", choices=["best", "last"], help="default: the config's eval.checkpoint")
+    _common(e)
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("reproduce", help="train, select on validation, test and summarize a paper setting")
+    r.add_argument("name", nargs="?", help="reproduction name (see `fewshot list`)")
+    r.add_argument("--out", help="run folder")
+    r.add_argument("--resume", metavar="RUN", help="continue an interrupted reproduction")
+    r.add_argument("--results-dir", default=None,
+                   help="also write each summary as <dir>/<name>.json (the repository uses benchmarks/results)")
+    _common(r)
+    r.set_defaults(func=cmd_reproduce)
+
+    d = sub.add_parser("data", help="verify or prepare datasets")
+    d.add_argument("action", choices=["verify", "prepare"])
+    d.add_argument("--dataset", default="omniglot")
+    d.add_argument("--data-dir")
+    d.add_argument("--sizes", type=int, nargs="+", default=[28])
+    d.add_argument("--resample", default="lanczos", choices=["nearest", "bilinear", "lanczos"])
+    d.set_defaults(func=cmd_data)
+
+    ls = sub.add_parser("list", help="methods, shipped configs and reproductions")
+    ls.set_defaults(func=cmd_list)
+
+    b = sub.add_parser("bench", help="training throughput: ours vs a plain PyTorch loop, same run")
+    b.add_argument("method")
+    b.add_argument("--ways", type=int, default=60)
+    b.add_argument("--shots", type=int, default=5)
+    b.add_argument("--queries", type=int, default=5)
+    b.add_argument("--episodes", type=int, default=30)
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--threads", type=int)
+    b.add_argument("--precision", choices=["fp32", "bf16"])
+    b.add_argument("--data-dir")
+    b.add_argument("--output", help="also write the result as JSON here")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FewshotError as exc:
+        print(f"fewshot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fewshot: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The one config loader: YAML files shipped in the package, defaults in one place, ``--set`` overrides.
+
+A config is a nested dict. :data:`DEFAULTS` lists every setting the engine reads, with its default;
+a method adds its own ``model`` settings through ``Method.defaults``. Unknown keys and values of the
+wrong type are refused with one sentence naming the key. Shipped configs live in
+``fewshot/configs/<method>/<setting>.yaml`` and are addressed as ``<method>/<setting>``.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fewshot.errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "name": None,            # run / reproduction name; defaults to <method>-<dataset>
+    "source": None,          # the shipped config or file this config was read from (set by the loader)
+    "method": "protonet",
+    "seed": 0,               # drives the model init, the training tasks and nothing else
+    "threads": 1,            # torch intra-op threads (small models are fastest single-threaded)
+    "device": "cpu",
+    "precision": "fp32",     # fp32 | bf16 (autocast + channels-last; CPUs with AVX-512 BF16)
+    "data": {
+        "dataset": "omniglot",   # omniglot | synthetic
+        "split": "vinyals",      # vinyals | lake | random:<seed>[:<train>/<val>/<test>]
+        "image_size": 28,
+        "resample": "lanczos",
+        "rotation": "classes",   # classes | none (rotations as classes are part of the split)
+        "train_part": "train",
+        "val_part": "val",
+        "test_part": "test",
+        "dir": None,             # data folder; --data-dir > $FEWSHOT_DATA > ~/.cache/fewshot
+        "synthetic": {"classes": 120, "examples": 20, "dim": 16, "noise": 1.0, "image": False},
+    },
+    "model": {
+        "backbone": "conv4",     # conv4 | conv4-strided | mlp
+        "width": 64,
+        "hidden": [256, 128],    # mlp only
+        "norm": "eval",          # eval | transductive | none
+    },
+    "train": {
+        "ways": 60, "shots": 1, "queries": 5, "meta_batch": 1,
+        "rotate": "none",        # per-task augmentation: none | per_class | per_task
+        "episodes": 10000,
+        "optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "momentum": 0.9,
+        "lr_step": 2000, "lr_gamma": 0.5,   # multiply lr by gamma every lr_step episodes (0: constant)
+        "grad_clip": None,
+        "log_every": 100,
+        "checkpoint_every": 500,
+        "time_limit_minutes": None,
+        "tensorboard": True,     # when tensorboard is installed
+    },
+    "val": {"every": 500, "ways": 5, "shots": 1, "queries": 15, "tasks": 200, "seed": 999, "batch_tasks": 1},
+    "eval": {"ways": [5, 20], "shots": [1], "queries": 15, "tasks": 1000, "seed": 1234, "batch_tasks": 1,
+             "checkpoint": "best"},
+    "reproduce": {"prefix": None, "paper": {}},
+}
+
+FREE_FORM = {("reproduce", "paper")}  # dicts whose keys are not checked
+
+
+def shipped_configs() -> list[str]:
+    """Names ``<method>/<setting>`` of the YAML configs shipped in the package."""
+    root = resources.files("fewshot") / "configs"
+    out = []
+    for method_dir in sorted(root.iterdir(), key=lambda p: p.name):
+        if method_dir.is_dir():
+            out += [f"{method_dir.name}/{f.name[:-5]}" for f in sorted(method_dir.iterdir(), key=lambda p: p.name)
+                    if f.name.endswith(".yaml")]
+    return out
+
+
+def read_yaml(source: str) -> dict[str, Any]:
+    """A shipped config by name (``protonet/omniglot-1shot``) or a YAML file by path."""
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        text = path.read_text()
+    else:
+        name = source[:-5] if source.endswith(".yaml") else source
+        res = resources.files("fewshot") / "configs" / f"{name}.yaml"
+        if not res.is_file():
+            raise ConfigError(f"no config named {source!r}: give a YAML file path or one of "
+                              f"{', '.join(shipped_configs())} (see `fewshot list`).")
+        text = res.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {source} is not valid YAML ({str(exc).splitlines()[0]}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source} must be a mapping of settings, not {type(data).__name__}.")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key.sub=value`` → (``"key.sub"``, YAML-parsed value)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} must look like key=value, e.g. --set train.episodes=500.")
+    key, _, raw = item.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _merge(base: dict, update: dict, path: str, schema: dict | None) -> None:
+    for key, value in update.items():
+        where = f"{path}{key}"
+        if schema is not None and key not in schema:
+            known = ", ".join(sorted(schema))
+            raise ConfigError(f"unknown setting {where!r}; known settings here: {known}.")
+        default = schema.get(key) if schema is not None else None
+        if isinstance(default, dict) and tuple(where.split(".")) not in FREE_FORM:
+            if not isinstance(value, dict):
+                raise ConfigError(f"setting {where!r} must be a mapping, got {value!r}.")
+            _merge(base.setdefault(key, {}), value, where + ".", default)
+        else:
+            base[key] = _coerce(where, value, default)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"setting {key!r} must be true or false, got {value!r}.")
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(default, list) and not isinstance(value, list):
+        return [value]
+    if not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):
+        raise ConfigError(f"setting {key!r} must be a {type(default).__name__}, got {value!r}.")
+    return value
+
+
+def schema_for(method: str) -> dict[str, Any]:
+    """DEFAULTS with the method's own ``model`` settings added."""
+    from fewshot.methods import METHODS
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}.")
+    schema = copy.deepcopy(DEFAULTS)
+    schema["model"].update(copy.deepcopy(METHODS[method].defaults))
+    schema["method"] = method
+    return schema
+
+
+def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Resolve a config: defaults ← method defaults ← file (or ``base``) ← ``--set`` overrides.
+
+    ``source`` is a shipped config name, a YAML path, or a bare method name (its defaults).
+    """
+    from fewshot.methods import METHODS
+
+    if base is not None:
+        data = copy.deepcopy(base)
+    elif source is None or source in METHODS:
+        data = {"method": source or DEFAULTS["method"]}
+    else:
+        data = read_yaml(source)
+    pairs = [parse_override(o) for o in overrides]
+    method = data.get("method", DEFAULTS["method"])
+    for key, value in pairs:
+        if key == "method":
+            method = value
+    config = schema_for(method)
+    _merge(config, data, "", config)
+    for key, value in pairs:
+        nested: dict[str, Any] = {}
+        cursor = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            cursor = cursor.setdefault(p, {})
+        cursor[parts[-1]] = value
+        _merge(config, nested, "", schema_for(method))
+    if source and source not in METHODS and not config["source"]:
+        config["source"] = source if source.endswith((".yaml", ".yml")) else f"{source}.yaml"
+    if not config["name"]:
+        config["name"] = f"{config['method']}-{config['data']['dataset']}"
+    validate(config)
+    return config
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Cross-field checks that need no data."""
+    if config["precision"] not in ("fp32", "bf16"):
+        raise ConfigError(f"setting 'precision' must be fp32 or bf16, got {config['precision']!r}.")
+    if config["threads"] < 1:
+        raise ConfigError("setting 'threads' must be at least 1.")
+    for section in ("train", "val"):
+        for key in ("ways", "shots", "queries"):
+            if config[section][key] < (0 if key != "ways" else 1):
+                raise ConfigError(f"setting '{section}.{key}' must be positive, got {config[section][key]}.")
+    for key in ("episodes", "log_every", "checkpoint_every", "meta_batch"):
+        if config["train"][key] < 1:
+            raise ConfigError(f"setting 'train.{key}' must be at least 1, got {config['train'][key]}.")
+    if config["val"]["every"] < 1 or config["val"]["tasks"] < 2 or config["eval"]["tasks"] < 2:
+        raise ConfigError("val.every must be ≥ 1 and val.tasks / eval.tasks ≥ 2 (a CI needs two tasks).")
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False)

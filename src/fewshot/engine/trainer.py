@@ -1,0 +1,283 @@
+"""The one training loop for every method.
+
+``Trainer(config, run_dir).fit()`` meta-trains with periodic validation on validation *classes*,
+keeps the best checkpoint, writes metrics as JSONL (and TensorBoard when installed), and can be
+stopped at any step (Ctrl-C, a time limit, a crash) and resumed exactly: the checkpoint holds the
+model, optimizer, schedule, sampler generator and global RNG states, and the metrics log is cut
+back to the checkpoint's step. ``test()`` evaluates the selected checkpoint on the test classes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewshot.data import build_dataset
+from fewshot.engine.checkpoint import load_checkpoint, save_checkpoint
+from fewshot.engine.config import dump_config
+from fewshot.engine.evaluator import evaluate
+from fewshot.engine.runs import MetricsLog, environment, machine_summary, write_json, write_text
+from fewshot.errors import ConfigError
+from fewshot.methods import build_method
+from fewshot.tasks import EpisodeSampler, check_task_settings
+
+
+def make_optimizer(params, train: dict[str, Any]) -> torch.optim.Optimizer:
+    name = train["optimizer"]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=train["lr"], weight_decay=train["weight_decay"])
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"])
+    raise ConfigError(f"unknown train.optimizer {name!r}; use adam or sgd.")
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, train: dict[str, Any]) -> torch.optim.lr_scheduler.LRScheduler:
+    """lr · gamma^⌊episode / lr_step⌋ (ProtoNets: halve every 2,000 episodes); constant when lr_step is 0."""
+    step, gamma = train["lr_step"], train["lr_gamma"]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: gamma ** (e // step) if step else 1.0)
+
+
+class Trainer:
+    """Meta-training and testing of one configured method in one run folder."""
+
+    def __init__(self, config: dict[str, Any], run_dir: str | Path, resume: bool = False,
+                 progress: bool | None = None) -> None:
+        self.config, self.run_dir = config, Path(run_dir)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        torch.set_num_threads(config["threads"])
+        self.device = torch.device(config["device"])
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device is cuda but no CUDA GPU is available; use --device cpu.")
+        tr, va = config["train"], config["val"]
+        # Datasets first: impossible settings are refused before any work starts.
+        self.train_data = build_dataset(config["data"], config["data"]["train_part"])
+        self.val_data = build_dataset(config["data"], config["data"]["val_part"])
+        check_task_settings(self.train_data, tr["ways"], tr["shots"], tr["queries"], "train")
+        check_task_settings(self.val_data, va["ways"], va["shots"], va["queries"], "val")
+        torch.manual_seed(config["seed"])
+        random.seed(config["seed"])
+        self.model = build_method(config, self.train_data.item_shape).to(self.device)
+        self.model.grad_clip = tr["grad_clip"]
+        bf16 = config["precision"] == "bf16"
+        self.memory_format = torch.channels_last if bf16 and len(self.train_data.item_shape) == 3 else None
+        if self.memory_format is not None:
+            self.model = self.model.to(memory_format=self.memory_format)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+        self.optimizer = make_optimizer(self.model.parameters(), tr)
+        self.schedule = make_schedule(self.optimizer, tr)
+        self.sampler = EpisodeSampler(self.train_data, tr["ways"], tr["shots"], tr["queries"], tr["meta_batch"],
+                                      seed=config["seed"], rotate=tr["rotate"], name="train")
+        self.step, self.best, self.best_step, self.elapsed = 0, -math.inf, 0, 0.0
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._restore(load_checkpoint(self.run_dir / "checkpoints" / "last.pt"))
+        else:
+            write_text(self.run_dir / "config.yaml", dump_config(config))
+            write_json(self.run_dir / "env.json", environment(config["threads"], config["device"]))
+            if self.metrics.path.exists():
+                self.metrics.path.unlink()
+        self._stop_requested = False
+        self._tb = None
+
+    # -- state ------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "sampler": self.sampler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "step": self.step, "best": self.best,
+                "best_step": self.best_step, "elapsed": self.elapsed}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.best, self.best_step = state["step"], state["best"], state["best_step"]
+        self.elapsed = state["elapsed"]
+        self.metrics.truncate_after(self.step)
+
+    def save(self) -> None:
+        save_checkpoint(self.run_dir / "checkpoints" / "last.pt", self._state())
+
+    # -- loop -------------------------------------------------------------------------------
+    def validate(self) -> dict[str, Any]:
+        va = self.config["val"]
+        with self.autocast():
+            return evaluate(self.model, self.val_data, va["ways"], va["shots"], va["queries"], va["tasks"],
+                            va["seed"], va["batch_tasks"], self.device, self.memory_format)
+
+    def _on_sigint(self, signum, frame) -> None:  # noqa: ARG002
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        print("\nfewshot: stopping after this episode and saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr)
+
+    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train until ``train.episodes`` (or ``stop_after`` episodes in this call, or the time limit).
+
+        Returns ``{"step", "completed", "best", "best_step", "train_seconds"}``.
+        """
+        tr, va = self.config["train"], self.config["val"]
+        total = tr["episodes"]
+        limit = tr["time_limit_minutes"] * 60 if tr["time_limit_minutes"] else math.inf
+        self._open_tensorboard()
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.step, unit="ep", dynamic_ncols=True)
+        start, start_elapsed, done_here = time.perf_counter(), self.elapsed, 0
+        window: dict[str, list[float]] = {}
+        win_start = time.perf_counter()
+        self.model.train()
+        try:
+            while self.step < total and not self._stop_requested:
+                if stop_after is not None and done_here >= stop_after:
+                    break
+                if self.elapsed >= limit:
+                    print(f"fewshot: time limit of {tr['time_limit_minutes']} min reached at episode {self.step}",
+                          file=sys.stderr)
+                    break
+                batch = self.sampler.sample().to(self.device, self.memory_format)
+                m = self.model.train_step(batch, self.optimizer, self.autocast())
+                self.schedule.step()
+                self.step += 1
+                done_here += 1
+                self.elapsed = start_elapsed + time.perf_counter() - start
+                for k, v in m.items():
+                    window.setdefault(k, []).append(v)
+                if bar is not None:
+                    bar.update(1)
+                    if self.step % 10 == 0:
+                        bar.set_postfix(acc=f"{sum(window.get('accuracy', [0])) / max(1, len(window.get('accuracy', [0]))):.3f}",
+                                        best=f"{self.best:.2f}" if self.best > -math.inf else "-")
+                if self.step % tr["log_every"] == 0 or self.step == total:
+                    now = time.perf_counter()
+                    n = len(next(iter(window.values()), [1]))
+                    record = {"step": self.step, **{k: sum(v) / len(v) for k, v in window.items()},
+                              "lr": self.optimizer.param_groups[0]["lr"],
+                              "episodes_per_s": n / max(now - win_start, 1e-9), "elapsed_s": self.elapsed}
+                    self._log(record)
+                    window, win_start = {}, now
+                if self.step % va["every"] == 0 or self.step == total:
+                    self._validate_and_select()
+                    self.elapsed = start_elapsed + time.perf_counter() - start
+                if self.step % tr["checkpoint_every"] == 0 or self.step == total:
+                    self.save()
+        finally:
+            self.elapsed = start_elapsed + time.perf_counter() - start if done_here else self.elapsed
+            if done_here:
+                self.save()
+            if bar is not None:
+                bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            if self._tb is not None:
+                self._tb.flush()
+        if self.best == -math.inf and self.step > 0:  # never validated (stopped early): validate now
+            self._validate_and_select()
+            self.save()
+        return {"step": self.step, "completed": self.step >= total, "best": self.best,
+                "best_step": self.best_step, "train_seconds": round(self.elapsed, 1)}
+
+    def _validate_and_select(self) -> None:
+        t = time.perf_counter()
+        val = self.validate()
+        record = {"step": self.step, "val_accuracy": val["mean"], "val_ci95": val["ci95"],
+                  "val_seconds": round(time.perf_counter() - t, 2)}
+        if val["mean"] > self.best:
+            self.best, self.best_step = val["mean"], self.step
+            save_checkpoint(self.run_dir / "checkpoints" / "best.pt",
+                            {"model": self.model.state_dict(), "step": self.step, "val": val})
+        record["best_val_accuracy"] = self.best
+        self._log(record)
+        if not self.progress:
+            print(f"episode {self.step}: val accuracy {val['mean']:.2f} ± {val['ci95']:.2f} "
+                  f"(best {self.best:.2f} at {self.best_step}), {self.elapsed:.0f} s", flush=True)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.metrics.write(record)
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, record["step"])
+
+    def _open_tensorboard(self) -> None:
+        if self._tb is None and self.config["train"]["tensorboard"]:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                return
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # -- test -------------------------------------------------------------------------------
+    def test(self, checkpoint: str | None = None) -> dict[str, Any]:
+        """Evaluate the selected checkpoint on the test classes; writes and returns ``results.json``."""
+        return test_run(self.config, self.run_dir, self.model, checkpoint)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str | None = None,
+             results_name: str = "results.json") -> dict[str, Any]:
+    """Evaluate a run's ``best`` (or ``last``) checkpoint on every test setting of ``config['eval']``.
+
+    Test evaluation always runs in float32, whatever precision trained the model.
+    """
+    run_dir = Path(run_dir)
+    ev = config["eval"]
+    which = checkpoint or ev["checkpoint"]
+    torch.set_num_threads(config["threads"])
+    device = torch.device(config["device"])
+    data = build_dataset(config["data"], config["data"]["test_part"])
+    settings = [(w, s) for s in ev["shots"] for w in ev["ways"]]
+    for w, s in settings:
+        check_task_settings(data, w, s, ev["queries"], "eval")
+    if model is None:
+        model = build_method(config, data.item_shape).to(device)
+    model = model.to(memory_format=torch.contiguous_format)
+    state = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")
+    model.load_state_dict(state["model"])
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt") if (run_dir / "checkpoints" / "last.pt").exists() else {}
+    from fewshot.engine.runs import git_revision
+
+    env = {}
+    env_path = run_dir / "env.json"
+    if env_path.exists():
+        import json
+
+        env = json.loads(env_path.read_text())
+    prefix = config["reproduce"]["prefix"] or config["name"]
+    summaries = []
+    for w, s in settings:
+        t = time.perf_counter()
+        r = evaluate(model, data, w, s, ev["queries"], ev["tasks"], ev["seed"], ev["batch_tasks"], device)
+        key = f"{w}w{s}s"
+        summaries.append({
+            "name": f"{prefix}-{key}", "method": config["method"], "dataset": config["data"]["dataset"],
+            "split": config["data"]["split"], "ways": w, "shots": s, "queries": ev["queries"],
+            "metric": "accuracy", "mean": r["mean"], "ci95": r["ci95"], "tasks": r["tasks"],
+            "paper": config["reproduce"]["paper"].get(key), "train_seconds": round(last.get("elapsed", 0.0)),
+            "train_episodes": last.get("step"), "selected_step": state.get("step"), "checkpoint": which,
+            "norm": config["model"]["norm"], "precision": config["precision"],
+            "machine": machine_summary(config["threads"], config["device"]), "config": config.get("source"),
+            "seed": config["seed"], "eval_seed": ev["seed"], "eval_seconds": round(time.perf_counter() - t, 1),
+            "revision": env.get("revision") or git_revision(), "run": run_dir.name})
+    results = {"name": config["name"], "test": summaries}
+    write_json(run_dir / results_name, results)
+    return results

@@ -1,0 +1,73 @@
+"""The contract every method keeps (DESIGN.md, layer 4).
+
+A method is an ``nn.Module`` with
+
+* ``loss(batch) -> (loss, metrics)`` for meta-training (metrics are floats, e.g. accuracy);
+* ``predict(batch) -> logits [B, N*Q, N]`` for the query items, building no graph it does not need;
+* ``train_step(batch, optimizer) -> metrics``, which methods whose outer update is not the gradient
+  of one loss (Reptile, meta-RL) override.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fewshot.tasks.batch import TaskBatch
+
+
+def uses_batch_statistics(module: nn.Module) -> bool:
+    """True when a forward pass of ``module`` normalizes with the statistics of its own batch."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats):
+            return True
+    return False
+
+
+class Method(nn.Module):
+    """Base class: a shared default ``train_step`` and per-task encoding."""
+
+    name: ClassVar[str] = ""
+    #: defaults of the ``model`` config section that this method reads (besides backbone settings)
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_clip: float | None = None
+
+    def loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def predict(self, batch: TaskBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_step(self, batch: TaskBatch, optimizer: torch.optim.Optimizer,
+                   autocast: Any = None) -> dict[str, float]:
+        """One outer update: zero grads, loss, backward, optional clipping, step."""
+        optimizer.zero_grad(set_to_none=True)
+        with autocast if autocast is not None else torch.autocast("cpu", enabled=False):
+            loss, metrics = self.loss(batch)
+        loss.backward()
+        if self.grad_clip:
+            metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip))
+        optimizer.step()
+        return metrics
+
+    @staticmethod
+    def encode(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Embed ``x [B, n, *item]`` → ``[B, n, D]`` in float32.
+
+        Items of all tasks go through one forward pass unless the encoder normalizes with batch
+        statistics, in which case each task is its own batch (statistics never mix tasks).
+        """
+        b, n = x.shape[:2]
+        if b > 1 and uses_batch_statistics(encoder):
+            return torch.stack([encoder(x[i]).float() for i in range(b)])
+        return encoder(x.reshape(b * n, *x.shape[2:])).float().view(b, n, -1)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-task accuracy ``[B]`` of ``logits [B, M, N]`` against ``labels [B, M]``."""
+    return (logits.argmax(-1) == labels).float().mean(-1)

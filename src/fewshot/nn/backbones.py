@@ -1,0 +1,88 @@
+"""Backbones: Conv-4 and MLP, with an explicit normalization policy.
+
+Normalization policies (``spec/README.md``, "Normalization at test time"):
+
+* ``eval`` — BatchNorm with running statistics, used in ``model.eval()`` (ProtoNets code);
+* ``transductive`` — BatchNorm that always uses the statistics of the current forward pass
+  (``track_running_stats=False``), as the MAML and Relation-Net papers evaluate;
+* ``none`` — no normalization layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fewshot.errors import ConfigError
+
+NORM_POLICIES = ("eval", "transductive", "none")
+
+
+def make_norm(channels: int, policy: str, dims: int = 2) -> nn.Module:
+    """The normalization layer for ``policy`` (see module docstring)."""
+    if policy not in NORM_POLICIES:
+        raise ConfigError(f"unknown normalization policy {policy!r} (model.norm); use one of {NORM_POLICIES}.")
+    if policy == "none":
+        return nn.Identity()
+    cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+    return cls(channels, track_running_stats=(policy == "eval"))
+
+
+class Conv4(nn.Module):
+    """Four blocks of [conv 3×3 (padding 1) → norm → ReLU → max-pool 2] (Vinyals et al. 2016).
+
+    Omniglot 28×28 → 14 → 7 → 3 → 1 gives a ``width``-d embedding (64 by default);
+    mini-ImageNet 84×84 gives ``width·5·5``. ``stride`` (MAML's strided variant) replaces pooling.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 64, norm: str = "eval", depth: int = 4,
+                 strided: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for _ in range(depth):
+            layers += [nn.Conv2d(c, width, 3, stride=2 if strided else 1, padding=1),
+                       make_norm(width, norm), nn.ReLU(inplace=True)]
+            if not strided:
+                layers.append(nn.MaxPool2d(2))
+            c = width
+        self.features = nn.Sequential(*layers)
+        self.norm_policy = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+
+class MLP(nn.Module):
+    """Fully connected layers with ReLU between them (and an optional norm after each hidden layer)."""
+
+    def __init__(self, in_features: int, hidden: tuple[int, ...] = (256, 128), out_features: int | None = None,
+                 norm: str = "none") -> None:
+        super().__init__()
+        sizes = [in_features, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), make_norm(b, norm, dims=1), nn.ReLU(inplace=True)]
+        if out_features is not None:
+            layers.append(nn.Linear(sizes[-1], out_features))
+        self.layers = nn.Sequential(*layers)
+        self.norm_policy = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x.flatten(1))
+
+
+def build_backbone(name: str, item_shape: tuple[int, ...], width: int = 64, norm: str = "eval",
+                   hidden: tuple[int, ...] = (256, 128)) -> nn.Module:
+    """Backbone by name: ``conv4`` (items ``[C, H, W]``), ``conv4-strided`` or ``mlp`` (any item shape)."""
+    if name in ("conv4", "conv4-strided"):
+        if len(item_shape) != 3:
+            raise ConfigError(f"model.backbone {name} needs image items [C, H, W], got items of shape "
+                              f"{item_shape}; use model.backbone=mlp.")
+        return Conv4(item_shape[0], width, norm, strided=name.endswith("strided"))
+    if name == "mlp":
+        n = 1
+        for s in item_shape:
+            n *= s
+        return MLP(n, tuple(hidden), None, norm)
+    raise ConfigError(f"unknown model.backbone {name!r}; use conv4, conv4-strided or mlp.")

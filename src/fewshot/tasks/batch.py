@@ -1,0 +1,42 @@
+"""The batch types every method consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class TaskBatch:
+    """B few-shot classification tasks, batch-first.
+
+    ``support_x [B, N*K, *item]``, ``support_y [B, N*K]``, ``query_x [B, N*Q, *item]``,
+    ``query_y [B, N*Q]``; labels are remapped to ``0..N-1`` per task in a random order, and items
+    are shuffled within the support and the query set, so no method may rely on class-major order.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    ways: int
+
+    @property
+    def num_tasks(self) -> int:
+        return self.support_x.shape[0]
+
+    def to(self, device: torch.device | str, memory_format: torch.memory_format | None = None) -> "TaskBatch":
+        def move(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(device, non_blocking=True)
+            if memory_format is not None and t.ndim == 5:  # [B, n, C, H, W] -> channels-last per item
+                b, n = t.shape[:2]
+                t = t.reshape(b * n, *t.shape[2:]).contiguous(memory_format=memory_format).view(t.shape)
+            return t
+
+        return TaskBatch(*(move(getattr(self, f.name)) if f.name != "ways" else self.ways for f in fields(self)))
+
+    def task(self, i: int) -> "TaskBatch":
+        """The i-th task as a batch of one."""
+        s = slice(i, i + 1)
+        return TaskBatch(self.support_x[s], self.support_y[s], self.query_x[s], self.query_y[s], self.ways)
