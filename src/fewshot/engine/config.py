@@ -35,7 +35,8 @@ DEFAULTS: dict[str, Any] = {
         "val_part": "val",
         "test_part": "test",
         "dir": None,             # data folder; --data-dir > $FEWSHOT_DATA > ~/.cache/fewshot
-        "synthetic": {"classes": 120, "examples": 20, "dim": 16, "noise": 1.0, "image": False},
+        "synthetic": {"classes": 120, "examples": 20, "dim": 16, "noise": 0.3, "nuisance": 48,
+                      "nuisance_scale": 3.0, "image": False},
     },
     "model": {
         "backbone": "conv4",     # conv4 | conv4-strided | mlp
@@ -132,6 +133,12 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+        try:  # YAML 1.1 reads 3e-3 as a string
+            number = float(value)
+            value = int(number) if isinstance(default, int) and number.is_integer() else number
+        except ValueError:
+            pass
     if isinstance(default, int) and isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(default, list) and not isinstance(value, list):

@@ -76,6 +76,7 @@ class Trainer:
         self.sampler = EpisodeSampler(self.train_data, tr["ways"], tr["shots"], tr["queries"], tr["meta_batch"],
                                       seed=config["seed"], rotate=tr["rotate"], name="train")
         self.step, self.best, self.best_step, self.elapsed = 0, -math.inf, 0, 0.0
+        self.window: dict[str, list[float]] = {}  # training metrics since the last log line
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -93,7 +94,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "sampler": self.sampler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "step": self.step, "best": self.best,
-                "best_step": self.best_step, "elapsed": self.elapsed}
+                "best_step": self.best_step, "elapsed": self.elapsed, "window": self.window}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -103,6 +104,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.step, self.best, self.best_step = state["step"], state["best"], state["best_step"]
         self.elapsed = state["elapsed"]
+        self.window = {k: list(v) for k, v in state["window"].items()}
         self.metrics.truncate_after(self.step)
 
     def save(self) -> None:
@@ -138,7 +140,7 @@ class Trainer:
 
             bar = tqdm(total=total, initial=self.step, unit="ep", dynamic_ncols=True)
         start, start_elapsed, done_here = time.perf_counter(), self.elapsed, 0
-        window: dict[str, list[float]] = {}
+        window = self.window
         win_start = time.perf_counter()
         self.model.train()
         try:
@@ -169,7 +171,8 @@ class Trainer:
                               "lr": self.optimizer.param_groups[0]["lr"],
                               "episodes_per_s": n / max(now - win_start, 1e-9), "elapsed_s": self.elapsed}
                     self._log(record)
-                    window, win_start = {}, now
+                    window.clear()
+                    win_start = now
                 if self.step % va["every"] == 0 or self.step == total:
                     self._validate_and_select()
                     self.elapsed = start_elapsed + time.perf_counter() - start

@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+from fewshot.data.classdataset import ClassDataset
+from fewshot.errors import DataError
+from fewshot.tasks import EpisodeSampler
+
+
+def id_dataset(classes=12, examples=10, unequal=False):
+    """Items whose value encodes (class, item) so every draw can be traced back."""
+    counts = [examples - (c % 3 if unequal else 0) for c in range(classes)]
+    items = torch.cat([torch.tensor([[c * 1000.0 + i] for i in range(n)]) for c, n in enumerate(counts)])
+    return ClassDataset(items, torch.tensor(counts), [f"c{c}" for c in range(classes)], scale=1.0)
+
+
+def decode(x):
+    v = x.squeeze(-1).long()
+    return v // 1000, v % 1000
+
+
+@pytest.mark.parametrize("unequal", [False, True])
+def test_counts_labels_and_disjointness(unequal):
+    ds = id_dataset(unequal=unequal)
+    s = EpisodeSampler(ds, ways=5, shots=3, queries=4, batch_size=6, seed=1)
+    for _ in range(20):
+        b = s.sample()
+        assert b.support_x.shape == (6, 15, 1) and b.query_x.shape == (6, 20, 1)
+        for t in range(6):
+            sc, si = decode(b.support_x[t])
+            qc, qi = decode(b.query_x[t])
+            assert torch.bincount(b.support_y[t], minlength=5).tolist() == [3] * 5
+            assert torch.bincount(b.query_y[t], minlength=5).tolist() == [4] * 5
+            # one global class per label, the same in support and query, all distinct
+            mapping = {}
+            for c, y in zip(sc.tolist() + qc.tolist(), b.support_y[t].tolist() + b.query_y[t].tolist()):
+                assert mapping.setdefault(y, c) == c
+            assert len(set(mapping.values())) == 5
+            # support and query never share an item, no item twice
+            pairs = list(zip(sc.tolist(), si.tolist())) + list(zip(qc.tolist(), qi.tolist()))
+            assert len(set(pairs)) == 35
+            # items exist in their class
+            assert all(i < ds.counts[c] for c, i in pairs)
+
+
+def test_labels_are_remapped_in_random_order():
+    s = EpisodeSampler(id_dataset(), ways=5, shots=1, queries=1, seed=0)
+    orders = set()
+    for _ in range(30):
+        b = s.sample()
+        c, _ = decode(b.support_x[0])
+        ranks = torch.argsort(torch.argsort(c))  # class-id rank of each item
+        orders.add(tuple(b.support_y[0][torch.argsort(ranks)].tolist()))
+    assert len(orders) > 10  # label k is not "the k-th smallest class id"
+
+
+def test_seeded_and_batch_size_independent():
+    ds = id_dataset()
+    a = EpisodeSampler(ds, 4, 2, 3, batch_size=5, seed=7).sample()
+    b = EpisodeSampler(ds, 4, 2, 3, batch_size=5, seed=7).sample()
+    c = EpisodeSampler(ds, 4, 2, 3, batch_size=5, seed=8).sample()
+    singles = EpisodeSampler(ds, 4, 2, 3, batch_size=1, seed=7)
+    one_by_one = [singles.sample() for _ in range(5)]
+    assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_y, b.query_y)
+    assert not torch.equal(a.support_x, c.support_x)
+    assert torch.equal(a.query_x, torch.cat([t.query_x for t in one_by_one]))
+
+
+def test_state_dict_restores_the_stream():
+    s = EpisodeSampler(id_dataset(), 4, 1, 2, seed=3)
+    s.sample()
+    state = s.state_dict()
+    nxt = s.sample()
+    s.sample()
+    s.load_state_dict(state)
+    assert torch.equal(s.sample().support_x, nxt.support_x)
+
+
+def test_fixed_tasks_iter_is_a_fixed_list():
+    ds = id_dataset()
+    first = [b.query_x for b in EpisodeSampler(ds, 3, 1, 2, batch_size=4, seed=5).fixed_tasks_iter(10)]
+    again = [b.query_x for b in EpisodeSampler(ds, 3, 1, 2, batch_size=3, seed=5).fixed_tasks_iter(10)]
+    assert sum(x.shape[0] for x in first) == 10
+    assert torch.equal(torch.cat(first), torch.cat(again))
+
+
+@pytest.mark.parametrize("ways,shots,queries,match", [
+    (13, 1, 1, "ways"), (5, 6, 5, "shots"), (5, 0, 0, "positive"), (0, 1, 1, "positive")])
+def test_impossible_settings_are_refused(ways, shots, queries, match):
+    with pytest.raises(DataError, match=match):
+        EpisodeSampler(id_dataset(), ways, shots, queries, name="train")
+
+
+def test_unequal_classes_limit_shots_by_smallest_class():
+    ds = id_dataset(unequal=True)  # smallest class has 8
+    EpisodeSampler(ds, 3, 4, 4)
+    with pytest.raises(DataError, match="smallest class has 8"):
+        EpisodeSampler(ds, 3, 4, 5)
+
+
+def test_per_class_rotation_rotates_whole_classes():
+    base = torch.zeros(6, 4, 1, 5, 5)
+    base[..., 0, 1] = 1.0  # a mark in the top row: its position tells the rotation
+    ds = ClassDataset.from_blocks(base, [str(i) for i in range(6)], scale=1.0)
+    s = EpisodeSampler(ds, 6, 2, 2, seed=0, rotate="per_class")
+    seen = set()
+    for _ in range(10):
+        b = s.sample()
+        for y in range(6):
+            imgs = torch.cat([b.support_x[0][b.support_y[0] == y], b.query_x[0][b.query_y[0] == y]])
+            assert all(torch.equal(imgs[0], im) for im in imgs)  # one angle per class
+            k = [j for j in range(4) if torch.equal(torch.rot90(base[0, 0], j, dims=(-2, -1)), imgs[0])]
+            assert len(k) == 1
+            seen.add(k[0])
+    assert seen == {0, 1, 2, 3}
