@@ -92,3 +92,12 @@ def test_conv4_embedding_size_on_omniglot_shape():
     model = build_method(config, (1, 28, 28))
     assert model.encoder(torch.zeros(2, 1, 28, 28)).shape == (2, 64)
     assert build_method(config, (3, 84, 84)).encoder(torch.zeros(1, 3, 84, 84)).shape == (1, 1600)
+
+
+def test_build_each_metric_method_from_config():
+    from fewshot.engine.config import load_config
+
+    for method in ("protonet", "matching", "gaussian"):
+        model = build_method(load_config(method), (1, 28, 28))
+        batch = EpisodeSampler(gaussian_classes("train", image=True, dim=784, nuisance=0, classes=40), 5, 2, 3).sample()
+        assert model.predict(batch).shape == (1, 15, 5)

@@ -81,6 +81,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._restore(load_checkpoint(self.run_dir / "checkpoints" / "last.pt"))
+            write_text(self.run_dir / "config.yaml", dump_config(config))  # overrides given on resume
         else:
             write_text(self.run_dir / "config.yaml", dump_config(config))
             write_json(self.run_dir / "env.json", environment(config["threads"], config["device"]))

@@ -4,22 +4,16 @@
 """
 
 from fewshot.methods.base import Method, accuracy
-from fewshot.methods.metric import ProtoNet
+from fewshot.methods.metric import GaussianProtoNet, MatchingNet, ProtoNet
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ProtoNet,)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ProtoNet, MatchingNet, GaussianProtoNet)}
 
-__all__ = ["METHODS", "Method", "ProtoNet", "accuracy"]
+__all__ = ["METHODS", "GaussianProtoNet", "MatchingNet", "Method", "ProtoNet", "accuracy"]
 
 
 def build_method(config: dict, item_shape: tuple[int, ...]) -> Method:
     """The method of a resolved config, with its backbone built for items of ``item_shape``."""
-    from fewshot.nn import build_backbone
-
-    m = config["model"]
-    encoder = build_backbone(m["backbone"], item_shape, m["width"], m["norm"], tuple(m["hidden"]))
-    cls = METHODS[config["method"]]
-    kwargs = {k: m[k] for k in cls.defaults}
-    return cls(encoder, **kwargs)
+    return METHODS[config["method"]].from_config(config, item_shape)
 
 
 __all__ += ["build_method"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fewshot.tasks.batch import TaskBatch
@@ -37,11 +38,32 @@ class Method(nn.Module):
         super().__init__()
         self.grad_clip: float | None = None
 
-    def loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    @staticmethod
+    def build_encoder(config: dict[str, Any], item_shape: tuple[int, ...], **kwargs: Any) -> nn.Module:
+        """The backbone named by ``model.backbone`` / ``width`` / ``norm`` / ``hidden``."""
+        from fewshot.nn import build_backbone
+
+        m = config["model"]
+        return build_backbone(m["backbone"], item_shape, m["width"], m["norm"], tuple(m["hidden"]), **kwargs)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], item_shape: tuple[int, ...]) -> "Method":
+        """Build from a resolved config: the backbone, then ``cls(encoder, **own model settings)``."""
+        return cls(cls.build_encoder(config, item_shape), **{k: config["model"][k] for k in cls.defaults})
+
+    def logits(self, batch: TaskBatch) -> torch.Tensor:
+        """Class scores ``[B, N*Q, N]`` for the query items (logits or log-probabilities)."""
         raise NotImplementedError
 
+    def loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy of :meth:`logits` on the query labels (log-probabilities pass through unchanged)."""
+        logits = self.logits(batch)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+        return loss, {"loss": float(loss.detach()), "accuracy": float(accuracy(logits.detach(), batch.query_y).mean())}
+
     def predict(self, batch: TaskBatch) -> torch.Tensor:
-        raise NotImplementedError
+        with torch.no_grad():
+            return self.logits(batch)
 
     def train_step(self, batch: TaskBatch, optimizer: torch.optim.Optimizer,
                    autocast: Any = None) -> dict[str, float]:

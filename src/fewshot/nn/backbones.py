@@ -36,21 +36,46 @@ class Conv4(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, width: int = 64, norm: str = "eval", depth: int = 4,
-                 strided: bool = False) -> None:
+                 strided: bool = False, out_width: int | None = None, final_relu: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
-        for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, stride=2 if strided else 1, padding=1),
-                       make_norm(width, norm), nn.ReLU(inplace=True)]
+        for i in range(depth):
+            w = out_width if (out_width and i == depth - 1) else width
+            layers += [nn.Conv2d(c, w, 3, stride=2 if strided else 1, padding=1), make_norm(w, norm)]
+            if final_relu or i < depth - 1:
+                layers.append(nn.ReLU(inplace=True))
             if not strided:
+                layers.append(nn.MaxPool2d(2))
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.norm_policy = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+
+class ConvMap(nn.Module):
+    """Relation Network embedding (Sung et al. 2018): a feature *map*, not a vector.
+
+    B1, B2 = conv 3×3 (no padding) → norm → ReLU → max-pool 2; B3, B4 = conv 3×3 (padding 1) →
+    norm → ReLU. Omniglot 28 → 26 → 13 → 11 → 5 → 5 → 5 (``width``×5×5); 84 → 19×19.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 64, norm: str = "transductive") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for i in range(4):
+            layers += [nn.Conv2d(c, width, 3, padding=0 if i < 2 else 1), make_norm(width, norm), nn.ReLU(inplace=True)]
+            if i < 2:
                 layers.append(nn.MaxPool2d(2))
             c = width
         self.features = nn.Sequential(*layers)
         self.norm_policy = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
+        return self.features(x)
 
 
 class MLP(nn.Module):
@@ -72,17 +97,28 @@ class MLP(nn.Module):
         return self.layers(x.flatten(1))
 
 
+BACKBONES = ("conv4", "conv4-strided", "convmap", "mlp")
+
+
 def build_backbone(name: str, item_shape: tuple[int, ...], width: int = 64, norm: str = "eval",
-                   hidden: tuple[int, ...] = (256, 128)) -> nn.Module:
-    """Backbone by name: ``conv4`` (items ``[C, H, W]``), ``conv4-strided`` or ``mlp`` (any item shape)."""
-    if name in ("conv4", "conv4-strided"):
+                   hidden: tuple[int, ...] = (256, 128), out_width: int | None = None,
+                   final_relu: bool = True) -> nn.Module:
+    """Backbone by name: ``conv4``, ``conv4-strided``, ``convmap`` (items ``[C, H, W]``) or ``mlp`` (any items).
+
+    ``out_width`` / ``final_relu`` change the last layer (e.g. Gaussian ProtoNets' D + s_dim channels
+    without a ReLU on the covariance channels); for ``mlp`` ``out_width`` adds a final linear layer.
+    """
+    if name in ("conv4", "conv4-strided", "convmap"):
         if len(item_shape) != 3:
             raise ConfigError(f"model.backbone {name} needs image items [C, H, W], got items of shape "
                               f"{item_shape}; use model.backbone=mlp.")
-        return Conv4(item_shape[0], width, norm, strided=name.endswith("strided"))
+        if name == "convmap":
+            return ConvMap(item_shape[0], width, norm)
+        return Conv4(item_shape[0], width, norm, strided=name.endswith("strided"), out_width=out_width,
+                     final_relu=final_relu)
     if name == "mlp":
         n = 1
         for s in item_shape:
             n *= s
-        return MLP(n, tuple(hidden), None, norm)
-    raise ConfigError(f"unknown model.backbone {name!r}; use conv4, conv4-strided or mlp.")
+        return MLP(n, tuple(hidden), out_width, norm)
+    raise ConfigError(f"unknown model.backbone {name!r}; use one of {', '.join(BACKBONES)}.")

@@ -1,0 +1,120 @@
+import pytest
+import torch
+from torch import nn
+
+from fewshot.data.synthetic import gaussian_classes
+from fewshot.engine.config import load_config
+from fewshot.engine.evaluator import evaluate
+from fewshot.methods import GaussianProtoNet, MatchingNet, ProtoNet, build_method
+from fewshot.methods.metric import FullContextEmbedding
+from fewshot.tasks import EpisodeSampler, TaskBatch
+
+
+def random_batch(ways=4, shots=1, queries=3, dim=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sy = torch.arange(ways).repeat(shots)[torch.randperm(ways * shots, generator=g)][None]
+    qy = torch.arange(ways).repeat(queries)[None]
+    return TaskBatch(torch.randn(1, ways * shots, dim, generator=g), sy, torch.randn(1, ways * queries, dim, generator=g),
+                     qy, ways)
+
+
+# -- Matching networks ---------------------------------------------------------------------------
+def test_matching_equals_protonet_at_one_shot():
+    b = random_batch(shots=1)
+    proto = torch.log_softmax(ProtoNet(nn.Identity()).predict(b), -1)
+    match = MatchingNet(nn.Identity(), similarity="neg_sqeuclidean").predict(b)
+    assert torch.allclose(proto, match, atol=1e-5)
+
+
+def test_matching_log_probs_hand_computed():
+    # one query at (1, 0); support: class 0 at (1, 0) and (0, 1), class 1 at (-1, 0); cosine
+    b = TaskBatch(torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]]), torch.tensor([[0, 0, 1]]),
+                  torch.tensor([[[2.0, 0.0]]]), torch.tensor([[0]]), 2)
+    logp = MatchingNet(nn.Identity()).predict(b)[0, 0]
+    e = torch.exp(torch.tensor([1.0, 0.0, -1.0]))  # cosines 1, 0, -1; softmax over support items
+    assert torch.allclose(logp.exp(), torch.stack([(e[0] + e[1]) / e.sum(), e[2] / e.sum()]), atol=1e-6)
+    loss, _ = MatchingNet(nn.Identity()).loss(b)  # no double softmax: loss = -log P(y)
+    assert loss.item() == pytest.approx(-logp[0].item(), abs=1e-6)
+
+
+def test_fce_with_zero_lstms_is_the_base_embedding():
+    b = random_batch(shots=2)
+    plain = MatchingNet(nn.Identity()).predict(b)
+    fce_model = MatchingNet(nn.Identity(), fce=True, fce_steps=3, embed_dim=6)
+    for p in fce_model.fce.parameters():
+        nn.init.zeros_(p)
+    assert torch.allclose(plain, fce_model.predict(b), atol=1e-6)
+    for p in fce_model.fce.parameters():  # a trained FCE changes the embedding and stays normalized
+        nn.init.normal_(p, std=0.3)
+    out = fce_model.predict(b)
+    assert not torch.allclose(plain, out) and torch.allclose(out.exp().sum(-1), torch.ones(1, 12), atol=1e-5)
+
+
+def test_fce_attention_is_over_support_items():
+    fce = FullContextEmbedding(3, steps=1)
+    g = torch.randn(2, 5, 3)
+    f = torch.randn(2, 4, 3)
+    out = fce.embed_query(f, g)
+    assert out.shape == (2, 4, 3)
+    assert fce.embed_support(g).shape == (2, 5, 3)
+
+
+# -- Gaussian prototypical networks ----------------------------------------------------------------
+def test_gaussian_constant_equals_euclidean_protonet():
+    b = random_batch(shots=3)
+    proto = ProtoNet(nn.Identity(), distance="euclidean").predict(b)
+    gauss = GaussianProtoNet(nn.Identity(), covariance="constant", embed_dim=6).predict(b)
+    assert torch.allclose(proto, gauss, atol=1e-5)
+
+
+def test_gaussian_radius_hand_computed():
+    # 1-D embeddings + 1 raw precision channel; softplus transform: s = 1 + softplus(raw)
+    raw = torch.tensor([0.0, 2.0])
+    s = 1 + torch.nn.functional.softplus(raw)
+    sx = torch.tensor([[[0.0, raw[0]], [4.0, raw[1]]]])
+    qx = torch.tensor([[[1.0, -50.0]]])  # the query's own precision is ignored
+    b = TaskBatch(sx, torch.tensor([[0, 0]]), qx, torch.tensor([[0]]), 1)
+    logit = GaussianProtoNet(nn.Identity(), "radius", "softplus", embed_dim=1).predict(b)[0, 0, 0]
+    p = (s[0] * 0 + s[1] * 4) / s.sum()
+    assert logit.item() == pytest.approx(-float(torch.sqrt(s.sum() * (1 - p) ** 2)), rel=1e-5)
+
+
+def test_huge_precision_pulls_the_prototype_onto_its_point():
+    model = GaussianProtoNet(nn.Identity(), "radius", "softplus", embed_dim=2)
+    q = torch.tensor([[[0.0, 0.0, 0.0]]])
+    for raw, check in ((1e6, lambda d: d < 0.01), (0.0, lambda d: d > 1.0)):
+        sx = torch.tensor([[[0.0, 0.0, raw], [2.0, 2.0, -30.0], [5.0, 5.0, 0.0]]])  # 2-D embedding + radius
+        b = TaskBatch(sx, torch.tensor([[0, 0, 1]]), q, torch.tensor([[0]]), 2)
+        assert check(-model.predict(b)[0, 0, 0].item())  # class 0's prototype sits (almost) on the first point
+
+
+@pytest.mark.parametrize("transform,lo,hi", [("softplus", 1, None), ("sigmoid", 1, 2), ("sigmoid4", 1, 5), ("learned", 1, None)])
+def test_precision_transforms(transform, lo, hi):
+    model = GaussianProtoNet(nn.Identity(), "diagonal", transform, embed_dim=2)
+    s = model._precision(torch.linspace(-20, 20, 41))
+    assert (s >= lo).all() and (hi is None or (s <= hi).all())
+
+
+def test_confidence_is_per_query():
+    b = random_batch(dim=8)
+    model = GaussianProtoNet(nn.Identity(), "diagonal", embed_dim=4)
+    assert model.confidence(b).shape == (1, 12)
+
+
+# -- every metric method learns a synthetic task -------------------------------------------------------
+@pytest.mark.parametrize("method,extra", [
+    ("matching", ["model.similarity=cosine", "model.scale=10"]),
+    ("matching", ["model.fce=true", "model.fce_steps=2", "model.similarity=cosine", "model.scale=10"]),
+    ("gaussian", ["model.covariance=radius", "model.embed_dim=32"]),
+])
+def test_learns_a_synthetic_task_far_above_chance(method, extra):
+    torch.manual_seed(0)
+    train = gaussian_classes("train", classes=200, dim=16, noise=0.3, nuisance=48)
+    test = gaussian_classes("test", classes=200, dim=16, noise=0.3, nuisance=48)
+    config = load_config(method, ["model.backbone=mlp", "model.hidden=[64, 32]", "model.norm=none", *extra])
+    model = build_method(config, train.item_shape)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    sampler = EpisodeSampler(train, 20, 1, 5, seed=0)
+    for _ in range(400):
+        model.train_step(sampler.sample(), opt)
+    assert evaluate(model, test, 5, 1, 10, 200, seed=3)["mean"] > 70.0  # chance 20 %, raw distances ≈ 25 %
