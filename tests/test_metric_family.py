@@ -118,3 +118,57 @@ def test_learns_a_synthetic_task_far_above_chance(method, extra):
     for _ in range(400):
         model.train_step(sampler.sample(), opt)
     assert evaluate(model, test, 5, 1, 10, 200, seed=3)["mean"] > 70.0  # chance 20 %, raw distances ≈ 25 %
+
+
+# -- Relation networks ------------------------------------------------------------------------------
+def relation_model(aggregate="sum", norm="transductive"):
+    config = load_config("relation", ["model.backbone=convmap", f"model.aggregate={aggregate}", f"model.norm={norm}"])
+    return build_method(config, (1, 28, 28))
+
+
+def test_relation_scores_shape_and_range():
+    from fewshot.data.synthetic import gaussian_classes as gc
+
+    batch = EpisodeSampler(gc("train", classes=40, dim=784, image=True), 5, 2, 3, batch_size=2).sample()
+    model = relation_model()
+    scores = model.predict(batch)
+    assert scores.shape == (2, 15, 5) and (scores > 0).all() and (scores < 1).all()
+    assert model.encoder(torch.zeros(2, 1, 28, 28)).shape == (2, 64, 5, 5)
+
+
+def test_relation_sum_versus_mean_aggregation():
+    from fewshot.methods.relation import RelationNet
+
+    class Capture(nn.Module):
+        def forward(self, pairs):
+            self.pairs = pairs
+            return torch.zeros(pairs.shape[0])
+
+    enc = nn.Identity()
+    sx = torch.arange(4.0).view(1, 4, 1, 1, 1)  # 4 support "maps" of one channel, 1x1
+    b = TaskBatch(sx, torch.tensor([[0, 1, 0, 1]]), torch.full((1, 1, 1, 1, 1), 9.0), torch.tensor([[0]]), 2)
+    for agg, expected in (("sum", [0 + 2, 1 + 3]), ("mean", [1.0, 2.0])):
+        cap = Capture()
+        RelationNet(enc, cap, aggregate=agg).predict(b)
+        assert cap.pairs[:, 0].flatten().tolist() == expected and cap.pairs[:, 1].flatten().tolist() == [9.0, 9.0]
+
+
+def test_relation_mse_loss_hand_computed():
+    from fewshot.methods.relation import relation_loss
+
+    scores = torch.tensor([[[0.9, 0.2], [0.4, 0.5]]])
+    loss = relation_loss(scores, torch.tensor([[0, 1]]), 2, "mse")
+    assert loss.item() == pytest.approx(((0.1 ** 2) + 0.2 ** 2 + 0.4 ** 2 + 0.5 ** 2) / 4)
+
+
+def test_relation_learns_synthetic_images():
+    torch.manual_seed(0)
+    from fewshot.data.synthetic import gaussian_classes as gc
+
+    train, test = gc("train", classes=100, dim=784, image=True, noise=0.5), gc("test", classes=100, dim=784, image=True, noise=0.5)
+    model = build_method(load_config("relation", ["model.backbone=convmap", "model.width=16"]), train.item_shape)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    sampler = EpisodeSampler(train, 5, 1, 5, seed=0)
+    for _ in range(150):
+        model.train_step(sampler.sample(), opt)
+    assert evaluate(model, test, 5, 1, 5, 100, seed=3)["mean"] > 60.0  # chance 20 %

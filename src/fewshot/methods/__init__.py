@@ -5,10 +5,11 @@
 
 from fewshot.methods.base import Method, accuracy
 from fewshot.methods.metric import GaussianProtoNet, MatchingNet, ProtoNet
+from fewshot.methods.relation import RelationNet
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ProtoNet, MatchingNet, GaussianProtoNet)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ProtoNet, MatchingNet, GaussianProtoNet, RelationNet)}
 
-__all__ = ["METHODS", "GaussianProtoNet", "MatchingNet", "Method", "ProtoNet", "accuracy"]
+__all__ = ["METHODS", "GaussianProtoNet", "MatchingNet", "Method", "ProtoNet", "RelationNet", "accuracy"]
 
 
 def build_method(config: dict, item_shape: tuple[int, ...]) -> Method:

@@ -31,7 +31,7 @@ class Method(nn.Module):
     """Base class: a shared default ``train_step`` and per-task encoding."""
 
     name: ClassVar[str] = ""
-    #: defaults of the ``model`` config section that this method reads (besides backbone settings)
+    #: the method's own ``model`` settings and defaults (may also change shared ones, e.g. ``backbone``)
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
@@ -49,7 +49,9 @@ class Method(nn.Module):
     @classmethod
     def from_config(cls, config: dict[str, Any], item_shape: tuple[int, ...]) -> "Method":
         """Build from a resolved config: the backbone, then ``cls(encoder, **own model settings)``."""
-        return cls(cls.build_encoder(config, item_shape), **{k: config["model"][k] for k in cls.defaults})
+        shared = ("backbone", "width", "norm", "hidden")
+        return cls(cls.build_encoder(config, item_shape),
+                   **{k: config["model"][k] for k in cls.defaults if k not in shared})
 
     def logits(self, batch: TaskBatch) -> torch.Tensor:
         """Class scores ``[B, N*Q, N]`` for the query items (logits or log-probabilities)."""
@@ -79,7 +81,7 @@ class Method(nn.Module):
 
     @staticmethod
     def encode(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Embed ``x [B, n, *item]`` → ``[B, n, D]`` in float32.
+        """Embed ``x [B, n, *item]`` → ``[B, n, *out]`` in float32 (``[B, n, D]`` for vector encoders).
 
         Items of all tasks go through one forward pass unless the encoder normalizes with batch
         statistics, in which case each task is its own batch (statistics never mix tasks).
@@ -87,7 +89,8 @@ class Method(nn.Module):
         b, n = x.shape[:2]
         if b > 1 and uses_batch_statistics(encoder):
             return torch.stack([encoder(x[i]).float() for i in range(b)])
-        return encoder(x.reshape(b * n, *x.shape[2:])).float().view(b, n, -1)
+        out = encoder(x.reshape(b * n, *x.shape[2:])).float()
+        return out.view(b, n, *out.shape[1:])
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -174,7 +174,7 @@ def _embed_dim(encoder: nn.Module, item_shape: tuple[int, ...] | None = None) ->
         was = encoder.training
         encoder.eval()
         with torch.no_grad():
-            dim = encoder(torch.zeros(1, *item_shape)).flatten(1).shape[1]
+            dim = encoder(torch.zeros(2, *item_shape)).flatten(1).shape[1]
         encoder.train(was)
         return dim
     for m in reversed(list(encoder.modules())):
