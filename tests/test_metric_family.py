@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -172,3 +174,77 @@ def test_relation_learns_synthetic_images():
     for _ in range(150):
         model.train_step(sampler.sample(), opt)
     assert evaluate(model, test, 5, 1, 5, 100, seed=3)["mean"] > 60.0  # chance 20 %
+
+
+# -- Semi-supervised prototypical networks ------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["soft_kmeans", "distractor", "masked"])
+def test_semi_supervised_without_unlabelled_items_is_protonet(mode):
+    from fewshot.methods import SemiSupervisedProtoNet
+
+    b = random_batch(shots=2)
+    assert torch.allclose(SemiSupervisedProtoNet(nn.Identity(), mode).predict(b), ProtoNet(nn.Identity()).predict(b))
+
+
+@pytest.mark.parametrize("mode", ["soft_kmeans", "masked"])
+def test_unlabelled_point_on_a_prototype_leaves_it_unchanged(mode):
+    from fewshot.methods import SemiSupervisedProtoNet
+
+    b = random_batch(ways=2, shots=1, dim=2)
+    b.support_x = torch.tensor([[[0.0, 0.0], [10.0, 0.0]]])
+    b.support_y = torch.tensor([[0, 1]])
+    b.unlabeled_x = torch.tensor([[[0.0, 0.0], [10.0, 0.0]]])  # exactly on p_0 and p_1
+    assert torch.allclose(SemiSupervisedProtoNet(nn.Identity(), mode).predict(b), ProtoNet(nn.Identity()).predict(b), atol=1e-4)
+
+
+def test_soft_kmeans_refinement_hand_computed():
+    from fewshot.methods import SemiSupervisedProtoNet
+
+    # 1-D: p_0 = 0, p_1 = 4; unlabelled x̃ = 1: d = (1, 9), z̃ = softmax(-1, -9)
+    b = TaskBatch(torch.tensor([[[0.0], [4.0]]]), torch.tensor([[0, 1]]), torch.tensor([[[2.0]]]), torch.tensor([[0]]), 2,
+                  unlabeled_x=torch.tensor([[[1.0]]]))
+    w = torch.softmax(torch.tensor([-1.0, -9.0]), 0)
+    p0, p1 = (0 + w[0] * 1) / (1 + w[0]), (4 + w[1] * 1) / (1 + w[1])
+    logits = SemiSupervisedProtoNet(nn.Identity(), "soft_kmeans").predict(b)[0, 0]
+    assert torch.allclose(logits, -torch.stack([(2 - p0) ** 2, (2 - p1) ** 2]), atol=1e-6)
+
+
+def test_distractor_cluster_absorbs_far_points():
+    from fewshot.methods import SemiSupervisedProtoNet
+
+    b = TaskBatch(torch.tensor([[[5.0], [9.0]]]), torch.tensor([[0, 1]]), torch.tensor([[[6.0]]]), torch.tensor([[0]]), 2,
+                  unlabeled_x=torch.tensor([[[0.05], [5.2]]]))
+    model = SemiSupervisedProtoNet(nn.Identity(), "distractor")
+    model.log_radius.data.fill_(math.log(1.0))
+    soft = SemiSupervisedProtoNet(nn.Identity(), "soft_kmeans").predict(b)
+    dist = model.predict(b)
+    # the point near the origin pulls p_0 towards 0 in plain soft k-means, not with the distractor cluster
+    assert dist[0, 0, 0] > soft[0, 0, 0]
+    loss, _ = model.loss(b)
+    loss.backward()
+    assert model.log_radius.grad is not None
+
+
+def test_masked_statistics_are_constants():
+    from fewshot.methods.semisupervised import distance_statistics
+
+    d = torch.tensor([[[1.0], [2.0], [3.0], [6.0]]])
+    stats = distance_statistics(d)[0, 0]
+    x = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    m, v = x.mean(), ((x - x.mean()) ** 2).mean()
+    expected = [1.0, 6.0, v, ((x - m) ** 3).mean() / v ** 1.5, ((x - m) ** 4).mean() / v ** 2]
+    assert torch.allclose(stats, torch.stack([torch.as_tensor(e) for e in expected]), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["soft_kmeans", "distractor", "masked"])
+def test_semi_supervised_learns_with_unlabelled_items(mode):
+    torch.manual_seed(0)
+    train = gaussian_classes("train", classes=200, dim=16, noise=0.3, nuisance=48)
+    test = gaussian_classes("test", classes=200, dim=16, noise=0.3, nuisance=48)
+    config = load_config("semiproto", ["model.backbone=mlp", "model.hidden=[64, 32]", "model.norm=none", f"model.mode={mode}"])
+    model = build_method(config, train.item_shape)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    sampler = EpisodeSampler(train, 20, 1, 5, seed=0, unlabeled=3, distractors=3 if mode == "distractor" else 0)
+    for _ in range(400):
+        model.train_step(sampler.sample(), opt)
+    result = evaluate(model, test, 5, 1, 10, 200, seed=3, unlabeled=3)
+    assert result["mean"] > 70.0  # chance 20 %

@@ -112,3 +112,52 @@ def test_per_class_rotation_rotates_whole_classes():
             assert len(k) == 1
             seen.add(k[0])
     assert seen == {0, 1, 2, 3}
+
+
+def test_seeded_stream_is_stable_across_versions():
+    # evaluation task lists must not change silently: this pins the stream of seed 0
+    b = EpisodeSampler(id_dataset(), 3, 1, 2, seed=0).sample()
+    sc, si = decode(b.support_x[0])
+    qc, qi = decode(b.query_x[0])
+    assert (sc.tolist(), si.tolist(), b.support_y[0].tolist()) == ([2, 4, 3], [0, 3, 5], [1, 0, 2])
+    assert (qc.tolist(), qi.tolist()) == ([2, 2, 4, 4, 3, 3], [6, 1, 0, 2, 6, 8])
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_unlabeled_items_and_distractors(fraction):
+    ds = id_dataset(classes=12, examples=10)
+    s = EpisodeSampler(ds, ways=3, shots=1, queries=2, unlabeled=2, distractors=2, labeled_fraction=fraction,
+                       pool_seed=4, seed=0)
+    pools = {}
+    for _ in range(15):
+        b = s.sample()
+        uc, ui = decode(b.unlabeled_x[0])
+        assert b.unlabeled_x.shape == (1, 10, 1) and b.unlabeled_y.shape == (1, 10)
+        sc, si = decode(b.support_x[0])
+        qc, qi = decode(b.query_x[0])
+        label_of = dict(zip(b.support_y[0].tolist(), sc.tolist()))
+        for c, i, y in zip(uc.tolist(), ui.tolist(), b.unlabeled_y[0].tolist()):
+            if y >= 0:
+                assert label_of[y] == c  # unlabelled items of episode classes carry their (hidden) label
+            else:
+                assert c not in label_of.values()  # distractor classes are not episode classes
+        labelled = set(zip(sc.tolist(), si.tolist())) | set(zip(qc.tolist(), qi.tolist()))
+        unlabelled = set(zip(uc.tolist(), ui.tolist()))
+        assert len(unlabelled) == 10 and not labelled & unlabelled
+        assert torch.bincount(b.unlabeled_y[0] + 1, minlength=4).tolist() == [4, 2, 2, 2]
+        for c, i in labelled:
+            pools.setdefault(c, set()).add(("L", i))
+        for c, i in unlabelled:
+            pools.setdefault(c, set()).add(("U", i))
+    if fraction < 1:  # a fixed split: an item is always labelled or always unlabelled
+        for items in pools.values():
+            assert not {i for t, i in items if t == "L"} & {i for t, i in items if t == "U"}
+            assert len({i for t, i in items if t == "L"}) <= 5
+
+
+def test_semi_supervised_settings_are_checked():
+    ds = id_dataset(classes=6, examples=10)
+    with pytest.raises(DataError, match="distractor"):
+        EpisodeSampler(ds, 5, 1, 1, unlabeled=1, distractors=2)
+    with pytest.raises(DataError, match="labelled items per class"):
+        EpisodeSampler(ds, 3, 2, 2, labeled_fraction=0.3)

@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
         "val_part": "val",
         "test_part": "test",
         "dir": None,             # data folder; --data-dir > $FEWSHOT_DATA > ~/.cache/fewshot
+        "labeled_fraction": 1.0, # < 1: each class split once into labelled / unlabelled pools (semi-supervised)
+        "pool_seed": 0,          # seed of that split (the same split every run)
         "synthetic": {"classes": 120, "examples": 20, "dim": 16, "noise": 0.3, "nuisance": 48,
                       "nuisance_scale": 3.0, "image": False},
     },
@@ -47,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "train": {
         "ways": 60, "shots": 1, "queries": 5, "meta_batch": 1,
         "rotate": "none",        # per-task augmentation: none | per_class | per_task
+        "unlabeled": 0, "distractors": 0,   # semi-supervised episodes: M per class, H distractor classes
         "episodes": 10000,
         "optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "momentum": 0.9,
         "lr_step": 2000, "lr_gamma": 0.5,   # multiply lr by gamma every lr_step episodes (0: constant)
@@ -56,9 +59,10 @@ DEFAULTS: dict[str, Any] = {
         "time_limit_minutes": None,
         "tensorboard": True,     # when tensorboard is installed
     },
-    "val": {"every": 500, "ways": 5, "shots": 1, "queries": 15, "tasks": 200, "seed": 999, "batch_tasks": 1},
+    "val": {"every": 500, "ways": 5, "shots": 1, "queries": 15, "tasks": 200, "seed": 999, "batch_tasks": 1,
+            "unlabeled": 0, "distractors": 0},
     "eval": {"ways": [5, 20], "shots": [1], "queries": 15, "tasks": 1000, "seed": 1234, "batch_tasks": 1,
-             "checkpoint": "best"},
+             "checkpoint": "best", "unlabeled": 0, "distractors": 0},
     "reproduce": {"prefix": None, "paper": {}},
 }
 

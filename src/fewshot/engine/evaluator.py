@@ -23,14 +23,16 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 
 def evaluate(model: Method, dataset: ClassDataset, ways: int, shots: int, queries: int, tasks: int,
              seed: int, batch_tasks: int = 20, device: str | torch.device = "cpu",
-             memory_format: torch.memory_format | None = None, autocast: Any = None) -> dict[str, Any]:
+             memory_format: torch.memory_format | None = None, autocast: Any = None,
+             **sampler_options: Any) -> dict[str, Any]:
     """Accuracy (%) of ``model`` on ``tasks`` seeded tasks: the same seed gives the same tasks.
 
     The model is put in ``eval()`` mode (its normalization policy decides which statistics that
-    means) and restored afterwards; no autograd graph is built.
+    means) and restored afterwards; no autograd graph is built. ``sampler_options`` go to the
+    :class:`EpisodeSampler` (e.g. ``unlabeled``, ``distractors``, ``labeled_fraction``).
     """
     sampler = EpisodeSampler(dataset, ways, shots, queries, batch_size=min(batch_tasks, tasks), seed=seed,
-                             name="evaluation")
+                             name="evaluation", **sampler_options)
     was_training = model.training
     model.eval()
     accs = []

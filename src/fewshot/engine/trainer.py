@@ -27,7 +27,7 @@ from fewshot.engine.evaluator import evaluate
 from fewshot.engine.runs import MetricsLog, environment, machine_summary, write_json, write_text
 from fewshot.errors import ConfigError
 from fewshot.methods import build_method
-from fewshot.tasks import EpisodeSampler, check_task_settings
+from fewshot.tasks import EpisodeSampler
 
 
 def make_optimizer(params, train: dict[str, Any]) -> torch.optim.Optimizer:
@@ -60,8 +60,10 @@ class Trainer:
         # Datasets first: impossible settings are refused before any work starts.
         self.train_data = build_dataset(config["data"], config["data"]["train_part"])
         self.val_data = build_dataset(config["data"], config["data"]["val_part"])
-        check_task_settings(self.train_data, tr["ways"], tr["shots"], tr["queries"], "train")
-        check_task_settings(self.val_data, va["ways"], va["shots"], va["queries"], "val")
+        self.sampler = EpisodeSampler(self.train_data, tr["ways"], tr["shots"], tr["queries"], tr["meta_batch"],
+                                      seed=config["seed"], rotate=tr["rotate"], name="train",
+                                      **semi_supervised(config, "train"))
+        EpisodeSampler(self.val_data, va["ways"], va["shots"], va["queries"], name="val", **semi_supervised(config, "val"))
         torch.manual_seed(config["seed"])
         random.seed(config["seed"])
         self.model = build_method(config, self.train_data.item_shape).to(self.device)
@@ -73,8 +75,6 @@ class Trainer:
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
         self.optimizer = make_optimizer(self.model.parameters(), tr)
         self.schedule = make_schedule(self.optimizer, tr)
-        self.sampler = EpisodeSampler(self.train_data, tr["ways"], tr["shots"], tr["queries"], tr["meta_batch"],
-                                      seed=config["seed"], rotate=tr["rotate"], name="train")
         self.step, self.best, self.best_step, self.elapsed = 0, -math.inf, 0, 0.0
         self.window: dict[str, list[float]] = {}  # training metrics since the last log line
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
@@ -116,7 +116,8 @@ class Trainer:
         va = self.config["val"]
         with self.autocast():
             return evaluate(self.model, self.val_data, va["ways"], va["shots"], va["queries"], va["tasks"],
-                            va["seed"], va["batch_tasks"], self.device, self.memory_format)
+                            va["seed"], va["batch_tasks"], self.device, self.memory_format,
+                            **semi_supervised(self.config, "val"))
 
     def _on_sigint(self, signum, frame) -> None:  # noqa: ARG002
         if self._stop_requested:
@@ -231,6 +232,15 @@ class Trainer:
         return test_run(self.config, self.run_dir, self.model, checkpoint)
 
 
+def semi_supervised(config: dict[str, Any], section: str) -> dict[str, Any]:
+    """Sampler options for semi-supervised episodes of a config section (empty when unused)."""
+    sec, data = config[section], config["data"]
+    if not sec["unlabeled"] and data["labeled_fraction"] >= 1:
+        return {}
+    return {"unlabeled": sec["unlabeled"], "distractors": sec["distractors"],
+            "labeled_fraction": data["labeled_fraction"], "pool_seed": data["pool_seed"]}
+
+
 def _main_thread() -> bool:
     import threading
 
@@ -250,8 +260,9 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
     device = torch.device(config["device"])
     data = build_dataset(config["data"], config["data"]["test_part"])
     settings = [(w, s) for s in ev["shots"] for w in ev["ways"]]
+    options = semi_supervised(config, "eval")
     for w, s in settings:
-        check_task_settings(data, w, s, ev["queries"], "eval")
+        EpisodeSampler(data, w, s, ev["queries"], name="eval", **options)  # refuses impossible settings now
     if model is None:
         model = build_method(config, data.item_shape).to(device)
     model = model.to(memory_format=torch.contiguous_format)
@@ -270,7 +281,7 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
     summaries = []
     for w, s in settings:
         t = time.perf_counter()
-        r = evaluate(model, data, w, s, ev["queries"], ev["tasks"], ev["seed"], ev["batch_tasks"], device)
+        r = evaluate(model, data, w, s, ev["queries"], ev["tasks"], ev["seed"], ev["batch_tasks"], device, **options)
         key = f"{w}w{s}s"
         summaries.append({
             "name": f"{prefix}-{key}", "method": config["method"], "dataset": config["data"]["dataset"],

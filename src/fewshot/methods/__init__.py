@@ -6,10 +6,12 @@
 from fewshot.methods.base import Method, accuracy
 from fewshot.methods.metric import GaussianProtoNet, MatchingNet, ProtoNet
 from fewshot.methods.relation import RelationNet
+from fewshot.methods.semisupervised import SemiSupervisedProtoNet
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ProtoNet, MatchingNet, GaussianProtoNet, RelationNet)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ProtoNet, MatchingNet, GaussianProtoNet, RelationNet,
+                                                        SemiSupervisedProtoNet)}
 
-__all__ = ["METHODS", "GaussianProtoNet", "MatchingNet", "Method", "ProtoNet", "RelationNet", "accuracy"]
+__all__ = ["METHODS", "GaussianProtoNet", "MatchingNet", "Method", "ProtoNet", "RelationNet", "SemiSupervisedProtoNet", "accuracy"]
 
 
 def build_method(config: dict, item_shape: tuple[int, ...]) -> Method:

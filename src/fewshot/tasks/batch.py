@@ -7,6 +7,9 @@ from dataclasses import dataclass, fields
 import torch
 
 
+TENSOR_FIELDS = ("support_x", "support_y", "query_x", "query_y", "unlabeled_x", "unlabeled_y")
+
+
 @dataclass
 class TaskBatch:
     """B few-shot classification tasks, batch-first.
@@ -21,22 +24,29 @@ class TaskBatch:
     query_x: torch.Tensor
     query_y: torch.Tensor
     ways: int
+    #: semi-supervised episodes: unlabelled items ``[B, M_tot, *item]`` and, for analysis only, their
+    #: task labels (−1 for distractor classes); no method may use ``unlabeled_y`` for training.
+    unlabeled_x: torch.Tensor | None = None
+    unlabeled_y: torch.Tensor | None = None
 
     @property
     def num_tasks(self) -> int:
         return self.support_x.shape[0]
 
     def to(self, device: torch.device | str, memory_format: torch.memory_format | None = None) -> "TaskBatch":
-        def move(t: torch.Tensor) -> torch.Tensor:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
             t = t.to(device, non_blocking=True)
             if memory_format is not None and t.ndim == 5:  # [B, n, C, H, W] -> channels-last per item
                 b, n = t.shape[:2]
                 t = t.reshape(b * n, *t.shape[2:]).contiguous(memory_format=memory_format).view(t.shape)
             return t
 
-        return TaskBatch(*(move(getattr(self, f.name)) if f.name != "ways" else self.ways for f in fields(self)))
+        return TaskBatch(**{f.name: move(getattr(self, f.name)) if f.name != "ways" else self.ways for f in fields(self)})
 
     def task(self, i: int) -> "TaskBatch":
         """The i-th task as a batch of one."""
         s = slice(i, i + 1)
-        return TaskBatch(self.support_x[s], self.support_y[s], self.query_x[s], self.query_y[s], self.ways)
+        return TaskBatch(**{f.name: (getattr(self, f.name)[s] if getattr(self, f.name) is not None else None)
+                            if f.name != "ways" else self.ways for f in fields(self)})

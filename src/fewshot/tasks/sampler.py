@@ -11,13 +11,14 @@ class without replacement, the first K support and the rest query; labels remapp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
 
 from fewshot.data.classdataset import ClassDataset
 from fewshot.errors import DataError
-from fewshot.tasks.batch import TaskBatch
+from fewshot.tasks.batch import TENSOR_FIELDS, TaskBatch
 
 AUGMENT = ("none", "per_class", "per_task")
 
@@ -32,12 +33,17 @@ class EpisodeSampler:
         seed: seed of the sampler's private generator.
         rotate: ``"per_class"`` rotates all items of each class of a task by one random multiple of
             90° (MAML's augmentation), ``"per_task"`` the whole task by one angle, ``"none"`` nothing.
+        unlabeled: M unlabelled items per episode class (semi-supervised episodes, Ren et al. 2018),
+            returned in ``unlabeled_x`` and never overlapping support or query.
+        distractors: H further classes, disjoint from the N, that contribute M unlabelled items each.
+        labeled_fraction: below 1, each class's items are split once (seeded by ``pool_seed``, the
+            same split every run) into a labelled pool (support and query) and an unlabelled pool.
         name: used in error messages (e.g. ``"train"``).
     """
 
     def __init__(self, dataset: ClassDataset, ways: int, shots: int, queries: int, batch_size: int = 1,
-                 seed: int = 0, rotate: str = "none", name: str = "task") -> None:
-        check_task_settings(dataset, ways, shots, queries, name)
+                 seed: int = 0, rotate: str = "none", name: str = "task", unlabeled: int = 0,
+                 distractors: int = 0, labeled_fraction: float = 1.0, pool_seed: int = 0) -> None:
         if rotate not in AUGMENT:
             raise DataError(f"unknown rotation augmentation {rotate!r} for the {name} sampler; use one of {AUGMENT}.")
         if rotate != "none" and len(dataset.item_shape) != 3:
@@ -45,8 +51,23 @@ class EpisodeSampler:
                             f"items of shape {dataset.item_shape}.")
         if batch_size < 1:
             raise DataError(f"the {name} meta-batch size must be at least 1 (got {batch_size}).")
+        if unlabeled < 0 or distractors < 0 or (distractors and not unlabeled):
+            raise DataError(f"{name}.unlabeled must be ≥ 0 and distractor classes need unlabelled items "
+                            f"(got unlabeled={unlabeled}, distractors={distractors}).")
+        if not 0 < labeled_fraction <= 1:
+            raise DataError(f"{name}.labeled_fraction must be in (0, 1], got {labeled_fraction}.")
+        self.labeled, self.pool = dataset, None
+        if labeled_fraction < 1:
+            self.labeled, self.pool = split_pools(dataset, labeled_fraction, pool_seed)
+            check_task_settings(self.labeled, ways, shots, queries, name, "labelled ")
+            check_task_settings(self.pool, ways + distractors, 0, unlabeled, name, "unlabelled ")
+        else:
+            check_task_settings(dataset, ways, shots, queries + unlabeled, name)
+        if ways + distractors > dataset.num_classes:
+            raise DataError(f"{name} tasks ask for {ways} ways + {distractors} distractor classes but the split "
+                            f"has only {dataset.num_classes} classes; lower {name}.ways or {name}.distractors.")
         self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
-        self.batch_size, self.rotate = batch_size, rotate
+        self.batch_size, self.rotate, self.unlabeled, self.distractors = batch_size, rotate, unlabeled, distractors
         self.generator = torch.Generator().manual_seed(seed)
 
     def state_dict(self) -> dict:
@@ -68,49 +89,59 @@ class EpisodeSampler:
         parts = [self._draw() for _ in range(batch_size or self.batch_size)]
         if len(parts) == 1:
             return parts[0]
-        return TaskBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                           ("support_x", "support_y", "query_x", "query_y")), self.ways)
+        return TaskBatch(*(torch.cat([getattr(p, f) for p in parts]) if getattr(parts[0], f) is not None else None
+                           for f in TENSOR_FIELDS[:4]), self.ways,
+                         *(torch.cat([getattr(p, f) for p in parts]) if getattr(parts[0], f) is not None else None
+                           for f in TENSOR_FIELDS[4:]))
+
+    def _items(self, ds: ClassDataset, classes: torch.Tensor, count: int) -> torch.Tensor:
+        """``count`` distinct random items of each class: ``[len(classes), count, *item]``."""
+        counts = ds.counts[classes]
+        width = int(counts.max())
+        keys = torch.rand(len(classes), width, generator=self.generator)
+        if int(counts.min()) != width:  # unequal classes: invalid slots sort past the end
+            keys = keys.masked_fill(torch.arange(width) >= counts[:, None], 2.0)
+        return ds.images[ds.offsets[classes][:, None] + keys.argsort(dim=1)[:, :count]]
 
     def _draw(self) -> TaskBatch:
-        b = 1
-        n, k, q, g, ds = self.ways, self.shots, self.queries, self.generator, self.dataset
-        m = k + q
-        # N distinct classes per task: the first N of a random permutation.
-        classes = torch.rand(b, ds.num_classes, generator=g).argsort(dim=1)[:, :n]  # [B, N]
-        counts = ds.counts[classes]  # [B, N]
-        # K+Q distinct items per class: random keys, invalid slots pushed past the end.
-        width = int(counts.max())
-        keys = torch.rand(b, n, width, generator=g)
-        if int(counts.min()) != width:
-            keys = keys.masked_fill(torch.arange(width) >= counts[..., None], 2.0)
-        items = keys.argsort(dim=2)[..., :m]  # [B, N, K+Q]
-        flat = ds.offsets[classes][..., None] + items  # [B, N, K+Q]
-        x = ds.images[flat]  # [B, N, K+Q, *item]
-        if self.rotate != "none":
-            x = self._rotate(x)
-        # Random label order per task, and random item order within support and query.
-        labels = torch.rand(b, n, generator=g).argsort(dim=1)  # label of the j-th drawn class
-        y = labels[..., None].expand(b, n, m)
-        sx, sy = x[:, :, :k].reshape(b, n * k, *x.shape[3:]), y[:, :, :k].reshape(b, n * k)
-        qx, qy = x[:, :, k:].reshape(b, n * q, *x.shape[3:]), y[:, :, k:].reshape(b, n * q)
-        ps = torch.rand(b, n * k, generator=g).argsort(dim=1)
-        pq = torch.rand(b, n * q, generator=g).argsort(dim=1)
-        sx, sy = _take(sx, ps), sy.gather(1, ps)
-        qx, qy = _take(qx, pq), qy.gather(1, pq)
-        return TaskBatch(ds.to_float(sx), sy, ds.to_float(qx), qy, n)
-
-    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
-        b, n = x.shape[:2]
-        if self.rotate == "per_class":
-            turns = torch.randint(0, 4, (b, n), generator=self.generator)
+        n, k, q, u, g = self.ways, self.shots, self.queries, self.unlabeled, self.generator
+        ds = self.dataset
+        # N distinct classes (then H distractor classes): the first of a random permutation.
+        classes = torch.rand(ds.num_classes, generator=g).argsort()[: n + self.distractors]
+        if self.pool is None:
+            x = self._items(ds, classes[:n], k + q + u)  # [N, K+Q+M, *item]
+            x, ux = x[:, : k + q], x[:, k + q:]
         else:
-            turns = torch.randint(0, 4, (b, 1), generator=self.generator).expand(b, n)
-        out = x.clone()
-        for t in (1, 2, 3):
-            sel = turns == t
-            if sel.any():
-                out[sel] = torch.rot90(x[sel], t, dims=(-2, -1))
-        return out
+            x = self._items(self.labeled, classes[:n], k + q)
+        if self.rotate != "none":
+            turns = self._turns(n + self.distractors)
+            x = _rotate(x, turns[:n])
+        # Random label order per task, and random item order within support and query.
+        labels = torch.rand(n, generator=g).argsort()  # label of the j-th drawn class
+        y = labels[:, None].expand(n, k + q)
+        sx, sy = x[:, :k].reshape(n * k, *x.shape[2:]), y[:, :k].reshape(n * k)
+        qx, qy = x[:, k:].reshape(n * q, *x.shape[2:]), y[:, k:].reshape(n * q)
+        ps = torch.rand(n * k, generator=g).argsort()
+        pq = torch.rand(n * q, generator=g).argsort()
+        batch = TaskBatch(ds.to_float(sx[ps])[None], sy[ps][None], ds.to_float(qx[pq])[None], qy[pq][None], n)
+        if u:
+            if self.pool is not None:
+                ux = self._items(self.pool, classes, u)
+            elif self.distractors:
+                ux = torch.cat([ux, self._items(ds, classes[n:], u)])
+            if self.rotate != "none":
+                ux = _rotate(ux, turns)
+            uy = torch.cat([labels, torch.full((self.distractors,), -1)])[:, None].expand(-1, u).reshape(-1)
+            pu = torch.rand(len(uy), generator=g).argsort()
+            batch.unlabeled_x = ds.to_float(ux.reshape(-1, *ux.shape[2:])[pu])[None]
+            batch.unlabeled_y = uy[pu][None]
+        return batch
+
+    def _turns(self, count: int) -> torch.Tensor:
+        """Multiples of 90° for ``count`` classes: one each (``per_class``) or one for all (``per_task``)."""
+        if self.rotate == "per_class":
+            return torch.randint(0, 4, (count,), generator=self.generator)
+        return torch.randint(0, 4, (1,), generator=self.generator).expand(count)
 
     def fixed_tasks_iter(self, count: int) -> Iterator[TaskBatch]:
         """``count`` tasks in batches of at most ``batch_size``, drawn from the current generator state.
@@ -125,14 +156,41 @@ class EpisodeSampler:
             yield batch
 
 
+def _rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate the items of class i (``x [classes, items, C, H, W]``) by ``turns[i]`` × 90°."""
+    out = x.clone()
+    for t in (1, 2, 3):
+        sel = turns == t
+        if sel.any():
+            out[sel] = torch.rot90(x[sel], t, dims=(-2, -1))
+    return out
+
+
+def split_pools(dataset: ClassDataset, fraction: float, seed: int) -> tuple[ClassDataset, ClassDataset]:
+    """Split each class once into a labelled pool (⌈fraction·count⌉ items) and an unlabelled pool."""
+    g = torch.Generator().manual_seed(seed)
+    lab, unl, lab_counts, unl_counts = [], [], [], []
+    for o, c in zip(dataset.offsets.tolist(), dataset.counts.tolist()):
+        perm = torch.randperm(c, generator=g) + o
+        cut = max(1, min(c - 1, math.ceil(fraction * c)))
+        lab.append(perm[:cut])
+        unl.append(perm[cut:])
+        lab_counts.append(cut)
+        unl_counts.append(c - cut)
+    kw = {"scale": dataset.scale, "mean": dataset.mean, "std": dataset.std}
+    return (ClassDataset(dataset.images[torch.cat(lab)], torch.tensor(lab_counts), dataset.names, **kw),
+            ClassDataset(dataset.images[torch.cat(unl)], torch.tensor(unl_counts), dataset.names, **kw))
+
+
 def _take(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """``x[b, perm[b, i]]`` for every task b."""
     return x[torch.arange(x.shape[0])[:, None], perm]
 
 
-def check_task_settings(dataset: ClassDataset, ways: int, shots: int, queries: int, name: str = "task") -> None:
+def check_task_settings(dataset: ClassDataset, ways: int, shots: int, queries: int, name: str = "task",
+                        pool: str = "") -> None:
     """Refuse impossible N-way K-shot Q-query settings with one clear sentence."""
-    if ways < 1 or shots < 0 or queries < 0 or shots + queries < 1:
+    if ways < 1 or shots < 0 or queries < 0 or (shots + queries < 1 and not pool):
         raise DataError(f"{name} ways/shots/queries must be positive (got ways={ways}, shots={shots}, "
                         f"queries={queries}).")
     if ways > dataset.num_classes:
@@ -140,5 +198,5 @@ def check_task_settings(dataset: ClassDataset, ways: int, shots: int, queries: i
                         f"classes; lower {name}.ways.")
     if shots + queries > dataset.min_count:
         raise DataError(f"{name} tasks ask for {shots} shots + {queries} queries = {shots + queries} "
-                        f"items per class but the smallest class has {dataset.min_count}; lower "
+                        f"{pool}items per class but the smallest class has {dataset.min_count}; lower "
                         f"{name}.shots or {name}.queries.")
