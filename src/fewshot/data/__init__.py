@@ -7,7 +7,7 @@ from typing import Any
 from fewshot.data.classdataset import ClassDataset
 from fewshot.errors import ConfigError
 
-DATASETS = ("omniglot", "synthetic")
+DATASETS = ("omniglot", "orl", "fsdd", "synthetic")
 
 
 def build_dataset(data: dict[str, Any], part: str) -> ClassDataset:
@@ -17,6 +17,18 @@ def build_dataset(data: dict[str, Any], part: str) -> ClassDataset:
         from fewshot.data.omniglot import omniglot
 
         return omniglot(part, data["split"], data.get("dir"), data["image_size"], data["resample"], data["rotation"])
+    if name in ("orl", "fsdd"):
+        split = data["split"]
+        if not split.startswith("random:"):
+            raise ConfigError(f"data.split={split!r} does not apply to {name}; use random:<seed>[:<train>/<val>/<test>] "
+                              "(a split by class).")
+        if name == "orl":
+            from fewshot.data.faces import orl_faces
+
+            return orl_faces(part, split, data.get("dir"))
+        from fewshot.data.audio import fsdd
+
+        return fsdd(part, split, data.get("dir"))
     if name == "synthetic":
         from fewshot.data.synthetic import gaussian_classes
 

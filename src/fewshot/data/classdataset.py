@@ -85,3 +85,28 @@ class ClassDataset:
         if self.mean != 0.0 or self.std != 1.0:
             x = (x - self.mean) / self.std
         return x
+
+
+def random_class_split(split: str, part: str, count: int, default: tuple[int, int, int]) -> list[int]:
+    """Indices of the classes (identities, speakers…) of ``part`` under ``random:<seed>[:<train>/<val>/<test>]``.
+
+    A seeded permutation of the ``count`` classes cut into train / val / test sizes (``default`` when
+    the split names none); ``trainval`` is train + val. Splits are always by class.
+    """
+    fields = split.split(":")
+    try:
+        assert fields[0] == "random" and len(fields) in (2, 3)
+        seed = int(fields[1])
+        sizes = [int(s) for s in fields[2].split("/")] if len(fields) == 3 else list(default)
+        assert len(sizes) == 3 and min(sizes) >= 0
+    except (AssertionError, ValueError):
+        raise DataError(f"cannot read split {split!r}; write random:<seed> or random:<seed>:<train>/<val>/<test> "
+                        "(a split by identity).") from None
+    if sum(sizes) > count:
+        raise DataError(f"split {split!r} asks for {sum(sizes)} classes but there are {count}.")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    a, b, c = sizes
+    parts = {"train": order[:a], "val": order[a:a + b], "trainval": order[:a + b], "test": order[a + b:a + b + c]}
+    if part not in parts:
+        raise DataError(f"unknown split part {part!r}; use one of {tuple(parts)}.")
+    return parts[part]

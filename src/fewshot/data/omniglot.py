@@ -20,12 +20,12 @@ import io
 import os
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fewshot.data.archive import members
 from fewshot.data.classdataset import ClassDataset
 from fewshot.data.locate import cache_root, data_root, download, file_digest
 from fewshot.errors import DataError, DataNotFoundError
@@ -78,28 +78,16 @@ def _source(folder: Path, name: str) -> Path:
 
 def _read_pngs(source: Path, name: str) -> dict[str, dict[str, list[bytes]]]:
     """{alphabet: {character: [png bytes sorted by file name]}} from a zip or folder."""
-    tree: dict[str, dict[str, list[tuple[str, bytes]]]] = {}
-
-    def add(rel: str, data: bytes) -> None:
-        parts = rel.split("/")
-        if len(parts) != 3 or not parts[2].endswith(".png"):
-            return
-        tree.setdefault(parts[0], {}).setdefault(parts[1], []).append((parts[2], data))
-
-    if source.is_dir():
-        for path in sorted(source.glob("*/*/*.png")):
-            add(path.relative_to(source).as_posix(), path.read_bytes())
-    else:
-        try:
-            with zipfile.ZipFile(source) as zf:
-                for info in zf.infolist():
-                    n = info.filename
-                    if n.startswith(name + "/") and not info.is_dir():
-                        add(n[len(name) + 1:], zf.read(info))
-        except zipfile.BadZipFile:
-            raise DataError(f"{source} is not a readable zip file; replace it with the official "
-                            f"{name}.zip (md5 {MD5[name]}).") from None
-    return {a: {c: [d for _, d in sorted(v)] for c, v in chars.items()} for a, chars in tree.items()}
+    tree: dict[str, dict[str, list[bytes]]] = {}
+    try:
+        for rel, data in members(source, name, (".png",)):
+            parts = rel.split("/")
+            if len(parts) == 3:
+                tree.setdefault(parts[0], {}).setdefault(parts[1], []).append(data)
+    except DataError:
+        raise DataError(f"{source} is not a readable zip file; replace it with the official "
+                        f"{name}.zip (md5 {MD5[name]}).") from None
+    return tree
 
 
 def _validate(tree: dict, name: str, source: Path) -> None:

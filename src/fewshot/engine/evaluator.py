@@ -47,3 +47,53 @@ def evaluate(model: Method, dataset: ClassDataset, ways: int, shots: int, querie
     mean, ci = mean_ci95(values)
     return {"ways": ways, "shots": shots, "queries": queries, "tasks": tasks, "seed": seed,
             "mean": round(mean, 3), "ci95": round(ci, 3)}
+
+
+def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the ROC curve = P(score of a random positive > score of a random negative), ties ½."""
+    pos, neg = scores[positive.bool()].double(), scores[~positive.bool()].double()
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None]).double().mean()
+    ties = (pos[:, None] == neg[None]).double().mean()
+    return float(greater + 0.5 * ties)
+
+
+def best_threshold(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """The threshold τ maximizing the accuracy of "positive iff score ≥ τ" (midpoints between scores)."""
+    s, order = scores.double().sort()
+    p = positive.bool()[order]
+    candidates = torch.cat([s[:1] - 1, (s[1:] + s[:-1]) / 2, s[-1:] + 1])
+    correct = [(((s >= t) == p).double().mean()) for t in candidates]
+    return float(candidates[int(torch.stack(correct).argmax())])
+
+
+def pair_scores(model: Any, dataset: ClassDataset, pairs: int, seed: int, device: str | torch.device = "cpu"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of ``pairs`` seeded pairs (half genuine, half impostor, class-disjoint from training when
+    ``dataset`` is a held-out part): each 2-way 1-shot 1-query task gives one pair of each kind."""
+    sampler = EpisodeSampler(dataset, 2, 1, 1, batch_size=min(50, max(1, pairs // 2)), seed=seed, name="verification")
+    was = model.training
+    model.eval()
+    scores, same = [], []
+    try:
+        with torch.inference_mode():
+            for batch in sampler.fixed_tasks_iter(max(1, pairs // 2)):
+                batch = batch.to(device)
+                s, m = model._pairs(batch)
+                scores.append(s.flatten().float().cpu())
+                same.append(m.flatten().cpu())
+    finally:
+        model.train(was)
+    return torch.cat(scores), torch.cat(same)
+
+
+def verification(model: Any, val: ClassDataset, test: ClassDataset, pairs: int = 2000, seed: int = 1234,
+                 device: str | torch.device = "cpu") -> dict[str, float]:
+    """Verification on held-out classes: threshold chosen on ``val`` pairs, accuracy and ROC-AUC on ``test``."""
+    vs, vm = pair_scores(model, val, pairs, seed + 1, device)
+    tau = best_threshold(vs, vm)
+    ts, tm = pair_scores(model, test, pairs, seed, device)
+    return {"threshold": tau, "accuracy": round(float(((ts >= tau) == tm).float().mean()) * 100, 3),
+            "auc": round(roc_auc(ts, tm), 4), "pairs": int(len(ts)), "val_accuracy_at_threshold":
+            round(float(((vs >= tau) == vm).float().mean()) * 100, 3)}

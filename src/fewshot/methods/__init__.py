@@ -7,11 +7,12 @@ from fewshot.methods.base import Method, accuracy
 from fewshot.methods.metric import GaussianProtoNet, MatchingNet, ProtoNet
 from fewshot.methods.relation import RelationNet
 from fewshot.methods.semisupervised import SemiSupervisedProtoNet
+from fewshot.methods.siamese import SiameseNet
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ProtoNet, MatchingNet, GaussianProtoNet, RelationNet,
-                                                        SemiSupervisedProtoNet)}
+                                                        SemiSupervisedProtoNet, SiameseNet)}
 
-__all__ = ["METHODS", "GaussianProtoNet", "MatchingNet", "Method", "ProtoNet", "RelationNet", "SemiSupervisedProtoNet", "accuracy"]
+__all__ = ["METHODS", "GaussianProtoNet", "MatchingNet", "Method", "ProtoNet", "RelationNet", "SemiSupervisedProtoNet", "SiameseNet", "accuracy"]
 
 
 def build_method(config: dict, item_shape: tuple[int, ...]) -> Method:
