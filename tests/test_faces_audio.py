@@ -1,0 +1,95 @@
+import io
+import math
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot.data import audio
+from fewshot.data.classdataset import random_class_split
+from fewshot.errors import DataError, DataNotFoundError
+
+
+def wav_bytes(x: np.ndarray, rate: int = 8000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((x * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+def test_read_wav_round_trip():
+    x = np.sin(np.linspace(0, 20, 800)).astype(np.float32) * 0.5
+    y, rate = audio.read_wav(wav_bytes(x))
+    assert rate == 8000 and torch.allclose(y, torch.from_numpy(x), atol=1e-4)
+    with pytest.raises(DataError, match="PCM WAV"):
+        audio.read_wav(b"RIFF0000WAVEjunk")
+
+
+def test_dct_is_orthonormal_and_mel_filters_cover_the_band():
+    d = audio.dct_matrix(40, 40)
+    assert torch.allclose(d @ d.T, torch.eye(40), atol=1e-5)
+    fb = audio.mel_filterbank(8000, 256, 40)
+    assert fb.shape == (40, 129) and (fb >= 0).all()
+    peaks = fb.argmax(1)
+    assert (peaks[1:] >= peaks[:-1]).all()  # filters in increasing frequency
+    m = torch.tensor([0.0, 500.0, 1000.0, 3000.0])
+    assert torch.allclose(audio.mel_to_hz(audio.hz_to_mel(m)), m, atol=1e-3)
+    assert audio.hz_to_mel(torch.tensor(1000.0)).item() == pytest.approx(15.0)
+
+
+def test_mfcc_of_a_tone_and_shapes():
+    t = torch.arange(8000) / 8000
+    x = torch.sin(2 * math.pi * 440 * t)
+    lm = audio.log_mel(x, 8000, n_fft=256, hop=80, n_mels=40)
+    assert lm.shape == (40, 101)
+    band = audio.mel_filterbank(8000, 256, 40)[:, round(440 / 8000 * 256)].argmax()
+    assert lm.mean(1).argmax() == band  # the energy sits in the filter that covers 440 Hz
+    assert audio.mfcc(x, 8000, 20, 256, 80, 40).shape == (20, 101)
+    assert audio.fix_length(torch.ones(10), 6).shape == (6,) and audio.fix_length(torch.ones(4), 6).tolist() == [0, 1, 1, 1, 1, 0]
+
+
+def test_mfcc_matches_librosa():
+    librosa = pytest.importorskip("librosa")  # development only: librosa is not a dependency
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(8000).astype(np.float32) * 0.1
+    ours = audio.mfcc(torch.from_numpy(x), 8000, 20, 256, 80, 40).numpy()
+    ref = librosa.feature.mfcc(y=x, sr=8000, n_mfcc=20, n_fft=256, hop_length=80, n_mels=40, center=True, pad_mode="constant")
+    assert np.allclose(ours, ref, atol=1e-2 * np.abs(ref).max())
+
+
+def test_class_splits_are_disjoint_and_seeded():
+    parts = {p: random_class_split("random:3", p, 40, (26, 4, 10)) for p in ("train", "val", "test")}
+    assert [len(v) for v in parts.values()] == [26, 4, 10]
+    assert not set(parts["train"]) & set(parts["test"]) and not set(parts["val"]) & set(parts["test"])
+    assert parts["test"] == random_class_split("random:3", "test", 40, (26, 4, 10))
+    with pytest.raises(DataError, match="by class|by identity|random:<seed>"):
+        random_class_split("vinyals", "train", 40, (26, 4, 10))
+
+
+def test_missing_faces_and_audio(tmp_path):
+    from fewshot.data.faces import load_faces
+
+    with pytest.raises(DataNotFoundError, match="orl_faces.zip"):
+        load_faces(tmp_path)
+    with pytest.raises(DataNotFoundError, match="fsdd.zip"):
+        audio.load_fsdd(tmp_path)
+
+
+def test_orl_identity_disjoint(omniglot_root):
+    from fewshot.data.faces import orl_faces
+
+    train, test = orl_faces("train", data_dir=omniglot_root), orl_faces("test", data_dir=omniglot_root)
+    assert train.blocks.shape == (26, 10, 1, 56, 46) and test.num_classes == 10
+    assert not set(train.names) & set(test.names)
+
+
+def test_fsdd_by_class_with_training_statistics(omniglot_root):
+    train, test = audio.fsdd("train", data_dir=omniglot_root), audio.fsdd("test", data_dir=omniglot_root)
+    assert train.blocks.shape == (30, 50, 1, 20, 101) and test.num_classes == 20
+    assert not set(train.names) & set(test.names)
+    per_coefficient = train.images.mean(dim=(0, 1, 3))
+    assert per_coefficient.abs().max() < 1e-3  # standardized with the training classes' statistics
