@@ -7,7 +7,7 @@ from typing import Any
 from fewshot.data.classdataset import ClassDataset
 from fewshot.errors import ConfigError
 
-DATASETS = ("omniglot", "orl", "fsdd", "synthetic")
+DATASETS = ("omniglot", "orl", "fsdd", "synthetic", "attributes", "xlsa17")
 
 
 def build_dataset(data: dict[str, Any], part: str) -> ClassDataset:
@@ -29,6 +29,16 @@ def build_dataset(data: dict[str, Any], part: str) -> ClassDataset:
         from fewshot.data.audio import fsdd
 
         return fsdd(part, split, data.get("dir"))
+    if name == "attributes":
+        from fewshot.data.attributes import synthetic_attributes
+
+        return synthetic_attributes(part, **data["attributes"])
+    if name == "xlsa17":
+        from fewshot.data.attributes import read_xlsa17
+
+        if not data.get("dir"):
+            raise ConfigError("data.dataset=xlsa17 needs data.dir (or --data-dir): the folder with res101.mat and att_splits.mat.")
+        return read_xlsa17(data["dir"], part)
     if name == "synthetic":
         from fewshot.data.synthetic import gaussian_classes
 

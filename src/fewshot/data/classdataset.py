@@ -25,6 +25,8 @@ class ClassDataset:
         names: one name per class (e.g. ``"Angelic/character01/rot090"``).
         scale: factor that maps stored values to floats (``1/255`` for uint8 images).
         mean, std: normalization applied after scaling (``(x*scale - mean) / std``).
+        attributes: optional ``[classes, a]`` class descriptions (zero-shot learning), returned by the
+            sampler for the classes of each task.
     """
 
     images: torch.Tensor
@@ -33,6 +35,7 @@ class ClassDataset:
     scale: float = 1.0 / 255.0
     mean: float = 0.0
     std: float = 1.0
+    attributes: torch.Tensor | None = None
     offsets: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -44,6 +47,8 @@ class ClassDataset:
             raise DataError(f"the class counts sum to {int(self.counts.sum())} but there are "
                             f"{self.images.shape[0]} examples.")
         self.offsets = torch.cumsum(self.counts, 0) - self.counts
+        if self.attributes is not None and self.attributes.shape[0] != len(self.names):
+            raise DataError(f"there are {self.attributes.shape[0]} attribute rows for {len(self.names)} classes.")
 
     @classmethod
     def from_blocks(cls, blocks: torch.Tensor, names: list[str], **kw) -> "ClassDataset":
@@ -75,7 +80,8 @@ class ClassDataset:
         idx = torch.as_tensor(classes, dtype=torch.long)
         parts = [self.images[o:o + n] for o, n in zip(self.offsets[idx].tolist(), self.counts[idx].tolist())]
         return ClassDataset(torch.cat(parts) if parts else self.images[:0], self.counts[idx],
-                            [self.names[i] for i in idx.tolist()], self.scale, self.mean, self.std)
+                            [self.names[i] for i in idx.tolist()], self.scale, self.mean, self.std,
+                            None if self.attributes is None else self.attributes[idx])
 
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """Stored values → normalized float32 model input."""

@@ -39,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
         "pool_seed": 0,          # seed of that split (the same split every run)
         "synthetic": {"classes": 120, "examples": 20, "dim": 16, "noise": 0.3, "nuisance": 48,
                       "nuisance_scale": 3.0, "image": False},
+        "attributes": {"classes": 50, "attributes": 20, "dim": 64, "unseen": 10, "val": 5, "examples": 40,
+                       "noise": 1.0, "permute": False, "seed": 0},
     },
     "model": {
         "backbone": "conv4",     # conv4 | conv4-strided | mlp

@@ -8,11 +8,13 @@ from fewshot.methods.metric import GaussianProtoNet, MatchingNet, ProtoNet
 from fewshot.methods.relation import RelationNet
 from fewshot.methods.semisupervised import SemiSupervisedProtoNet
 from fewshot.methods.siamese import SiameseNet
+from fewshot.methods.zeroshot import ZeroShotProtoNet, ZeroShotRelationNet
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ProtoNet, MatchingNet, GaussianProtoNet, RelationNet,
-                                                        SemiSupervisedProtoNet, SiameseNet)}
+                                                        SemiSupervisedProtoNet, SiameseNet, ZeroShotProtoNet,
+                                                        ZeroShotRelationNet)}
 
-__all__ = ["METHODS", "GaussianProtoNet", "MatchingNet", "Method", "ProtoNet", "RelationNet", "SemiSupervisedProtoNet", "SiameseNet", "accuracy"]
+__all__ = ["METHODS", "GaussianProtoNet", "MatchingNet", "Method", "ProtoNet", "RelationNet", "SemiSupervisedProtoNet", "SiameseNet", "ZeroShotProtoNet", "ZeroShotRelationNet", "accuracy"]
 
 
 def build_method(config: dict, item_shape: tuple[int, ...]) -> Method:

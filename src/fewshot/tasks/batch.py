@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 
 
-TENSOR_FIELDS = ("support_x", "support_y", "query_x", "query_y", "unlabeled_x", "unlabeled_y")
+TENSOR_FIELDS = ("support_x", "support_y", "query_x", "query_y", "unlabeled_x", "unlabeled_y", "class_attributes")
 
 
 @dataclass
@@ -28,6 +28,8 @@ class TaskBatch:
     #: task labels (−1 for distractor classes); no method may use ``unlabeled_y`` for training.
     unlabeled_x: torch.Tensor | None = None
     unlabeled_y: torch.Tensor | None = None
+    #: zero-shot tasks: the description of each class ``[B, N, a]``, row k for label k
+    class_attributes: torch.Tensor | None = None
 
     @property
     def num_tasks(self) -> int:

@@ -124,6 +124,8 @@ class EpisodeSampler:
         ps = torch.rand(n * k, generator=g).argsort()
         pq = torch.rand(n * q, generator=g).argsort()
         batch = TaskBatch(ds.to_float(sx[ps])[None], sy[ps][None], ds.to_float(qx[pq])[None], qy[pq][None], n)
+        if ds.attributes is not None:  # row k describes the class labelled k
+            batch.class_attributes = ds.attributes[classes[:n][labels.argsort()]].float()[None]
         if u:
             if self.pool is not None:
                 ux = self._items(self.pool, classes, u)
