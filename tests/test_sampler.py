@@ -161,3 +161,33 @@ def test_semi_supervised_settings_are_checked():
         EpisodeSampler(ds, 5, 1, 1, unlabeled=1, distractors=2)
     with pytest.raises(DataError, match="labelled items per class"):
         EpisodeSampler(ds, 3, 2, 2, labeled_fraction=0.3)
+
+
+def test_within_group_tasks_and_same_items():
+    items = torch.arange(30 * 6, dtype=torch.float).view(30, 6, 1)
+    names = [f"{'ABC'[c % 3]}/char{c}" for c in range(30)]  # three "alphabets" of 10 classes
+    ds = ClassDataset.from_blocks(items, names, scale=1.0)
+    s = EpisodeSampler(ds, 5, 1, 1, seed=0, groups="alphabet", same_items=True)
+    seen = set()
+    for _ in range(20):
+        b = s.sample()
+        classes = (b.support_x[0, :, 0] // 6).long()
+        assert len({names[c][0] for c in classes.tolist()}) == 1  # one alphabet per task
+        seen.add(names[classes[0]][0])
+        assert len(set((b.support_x[0, :, 0] % 6).tolist())) == 1  # the same drawer for every class
+        assert len(set((b.query_x[0, :, 0] % 6).tolist())) == 1
+    assert seen == {"A", "B", "C"}
+    with pytest.raises(DataError, match="no group"):
+        EpisodeSampler(ds, 11, 1, 1, groups="alphabet")
+
+
+def test_affine_distortion_keeps_shape_and_mass():
+    from fewshot.tasks.sampler import random_affine
+
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1.0
+    y = random_affine(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    changed = (y - x).abs().flatten(1).sum(1) > 1e-3
+    assert 0.8 < changed.float().mean() < 1.0  # each of 4 components on with p = 1/2: ~94 % changed
+    assert torch.allclose(y.sum((1, 2, 3)) / 64, torch.full((64,), 1.0), rtol=0.5)  # scale 0.8-1.2 keeps mass near

@@ -52,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
         "ways": 60, "shots": 1, "queries": 5, "meta_batch": 1,
         "rotate": "none",        # per-task augmentation: none | per_class | per_task
         "unlabeled": 0, "distractors": 0,   # semi-supervised episodes: M per class, H distractor classes
+        "groups": "none", "same_items": False,  # alphabet: tasks within one alphabet; same drawers for all classes
+        "affine": False,         # Koch et al.'s per-item affine distortions
         "episodes": 10000,
         "optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "momentum": 0.9,
         "lr_step": 2000, "lr_gamma": 0.5,   # multiply lr by gamma every lr_step episodes (0: constant)
@@ -62,9 +64,9 @@ DEFAULTS: dict[str, Any] = {
         "tensorboard": True,     # when tensorboard is installed
     },
     "val": {"every": 500, "ways": 5, "shots": 1, "queries": 15, "tasks": 200, "seed": 999, "batch_tasks": 1,
-            "unlabeled": 0, "distractors": 0},
+            "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False},
     "eval": {"ways": [5, 20], "shots": [1], "queries": 15, "tasks": 1000, "seed": 1234, "batch_tasks": 1,
-             "checkpoint": "best", "unlabeled": 0, "distractors": 0},
+             "checkpoint": "best", "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False},
     "reproduce": {"prefix": None, "paper": {}},
 }
 

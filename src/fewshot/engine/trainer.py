@@ -62,8 +62,8 @@ class Trainer:
         self.val_data = build_dataset(config["data"], config["data"]["val_part"])
         self.sampler = EpisodeSampler(self.train_data, tr["ways"], tr["shots"], tr["queries"], tr["meta_batch"],
                                       seed=config["seed"], rotate=tr["rotate"], name="train",
-                                      **semi_supervised(config, "train"))
-        EpisodeSampler(self.val_data, va["ways"], va["shots"], va["queries"], name="val", **semi_supervised(config, "val"))
+                                      **sampler_options(config, "train"))
+        EpisodeSampler(self.val_data, va["ways"], va["shots"], va["queries"], name="val", **sampler_options(config, "val"))
         torch.manual_seed(config["seed"])
         random.seed(config["seed"])
         self.model = build_method(config, self.train_data.item_shape).to(self.device)
@@ -117,7 +117,7 @@ class Trainer:
         with self.autocast():
             return evaluate(self.model, self.val_data, va["ways"], va["shots"], va["queries"], va["tasks"],
                             va["seed"], va["batch_tasks"], self.device, self.memory_format,
-                            **semi_supervised(self.config, "val"))
+                            **sampler_options(self.config, "val"))
 
     def _on_sigint(self, signum, frame) -> None:  # noqa: ARG002
         if self._stop_requested:
@@ -232,13 +232,12 @@ class Trainer:
         return test_run(self.config, self.run_dir, self.model, checkpoint)
 
 
-def semi_supervised(config: dict[str, Any], section: str) -> dict[str, Any]:
-    """Sampler options for semi-supervised episodes of a config section (empty when unused)."""
+def sampler_options(config: dict[str, Any], section: str) -> dict[str, Any]:
+    """The :class:`EpisodeSampler` options of a config section (``train``, ``val`` or ``eval``)."""
     sec, data = config[section], config["data"]
-    if not sec["unlabeled"] and data["labeled_fraction"] >= 1:
-        return {}
-    return {"unlabeled": sec["unlabeled"], "distractors": sec["distractors"],
-            "labeled_fraction": data["labeled_fraction"], "pool_seed": data["pool_seed"]}
+    return {"unlabeled": sec["unlabeled"], "distractors": sec["distractors"], "labeled_fraction": data["labeled_fraction"],
+            "pool_seed": data["pool_seed"], "groups": sec["groups"], "same_items": sec["same_items"],
+            "affine": sec.get("affine", False)}
 
 
 def _main_thread() -> bool:
@@ -260,7 +259,7 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
     device = torch.device(config["device"])
     data = build_dataset(config["data"], config["data"]["test_part"])
     settings = [(w, s) for s in ev["shots"] for w in ev["ways"]]
-    options = semi_supervised(config, "eval")
+    options = sampler_options(config, "eval")
     for w, s in settings:
         EpisodeSampler(data, w, s, ev["queries"], name="eval", **options)  # refuses impossible settings now
     if model is None:

@@ -1,5 +1,5 @@
 """Reusable building blocks with no training logic."""
 
-from fewshot.nn.backbones import MLP, Conv4, ConvMap, build_backbone, make_norm
+from fewshot.nn.backbones import MLP, Conv4, ConvMap, KochNet, build_backbone, make_norm
 
-__all__ = ["MLP", "Conv4", "ConvMap", "build_backbone", "make_norm"]
+__all__ = ["MLP", "Conv4", "ConvMap", "KochNet", "build_backbone", "make_norm"]

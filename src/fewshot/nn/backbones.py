@@ -78,6 +78,37 @@ class ConvMap(nn.Module):
         return self.features(x)
 
 
+class KochNet(nn.Module):
+    """The Siamese encoder of Koch, Zemel & Salakhutdinov (2015) for 105×105 inputs.
+
+    conv 64@10×10 → ReLU → pool 2 (96 → 48); conv 128@7×7 → ReLU → pool (42 → 21); conv 128@4×4 → ReLU →
+    pool (18 → 9); conv 256@4×4 → ReLU (6×6×256 = 9,216); FC 4,096 → sigmoid. Initialization as in the
+    paper: conv weights N(0, 10⁻²), biases N(0.5, 10⁻²), FC weights N(0, 0.2).
+    """
+
+    def __init__(self, in_channels: int = 1, size: int = 105) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 10), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 7), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(128, 128, 4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(128, 256, 4), nn.ReLU(inplace=True))
+        side = ((((size - 9) // 2 - 6) // 2 - 3) // 2) - 3
+        if side < 1:
+            raise ConfigError(f"the Koch network needs inputs of about 105×105 (got {size}); set data.image_size=105.")
+        self.fc = nn.Linear(256 * side * side, 4096)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 1e-2)
+                nn.init.normal_(m.bias, 0.5, 1e-2)
+        nn.init.normal_(self.fc.weight, 0.0, 0.2)
+        nn.init.normal_(self.fc.bias, 0.5, 1e-2)
+        self.norm_policy = "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(self.features(x).flatten(1)))
+
+
 class MLP(nn.Module):
     """Fully connected layers with ReLU between them (and an optional norm after each hidden layer)."""
 
@@ -97,7 +128,7 @@ class MLP(nn.Module):
         return self.layers(x.flatten(1))
 
 
-BACKBONES = ("conv4", "conv4-strided", "convmap", "mlp")
+BACKBONES = ("conv4", "conv4-strided", "convmap", "koch", "mlp")
 
 
 def build_backbone(name: str, item_shape: tuple[int, ...], width: int = 64, norm: str = "eval",
@@ -108,10 +139,12 @@ def build_backbone(name: str, item_shape: tuple[int, ...], width: int = 64, norm
     ``out_width`` / ``final_relu`` change the last layer (e.g. Gaussian ProtoNets' D + s_dim channels
     without a ReLU on the covariance channels); for ``mlp`` ``out_width`` adds a final linear layer.
     """
-    if name in ("conv4", "conv4-strided", "convmap"):
+    if name in ("conv4", "conv4-strided", "convmap", "koch"):
         if len(item_shape) != 3:
             raise ConfigError(f"model.backbone {name} needs image items [C, H, W], got items of shape "
                               f"{item_shape}; use model.backbone=mlp.")
+        if name == "koch":
+            return KochNet(item_shape[0], item_shape[-1])
         if name == "convmap":
             return ConvMap(item_shape[0], width, norm)
         return Conv4(item_shape[0], width, norm, strided=name.endswith("strided"), out_width=out_width,

@@ -38,12 +38,18 @@ class EpisodeSampler:
         distractors: H further classes, disjoint from the N, that contribute M unlabelled items each.
         labeled_fraction: below 1, each class's items are split once (seeded by ``pool_seed``, the
             same split every run) into a labelled pool (support and query) and an unlabelled pool.
+        groups: ``"alphabet"`` draws all N classes of a task from one group, the part of the class
+            name before the first ``/`` (Koch et al.'s within-alphabet Omniglot trials).
+        same_items: every class of a task uses the same item indices (for Omniglot, the same drawers).
+        affine: per-item random affine distortion (Koch et al.): each of rotation ±10°, shear ±0.3,
+            scale 0.8–1.2 and translation ±2 px applied with probability ½.
         name: used in error messages (e.g. ``"train"``).
     """
 
     def __init__(self, dataset: ClassDataset, ways: int, shots: int, queries: int, batch_size: int = 1,
                  seed: int = 0, rotate: str = "none", name: str = "task", unlabeled: int = 0,
-                 distractors: int = 0, labeled_fraction: float = 1.0, pool_seed: int = 0) -> None:
+                 distractors: int = 0, labeled_fraction: float = 1.0, pool_seed: int = 0, groups: str = "none",
+                 same_items: bool = False, affine: bool = False) -> None:
         if rotate not in AUGMENT:
             raise DataError(f"unknown rotation augmentation {rotate!r} for the {name} sampler; use one of {AUGMENT}.")
         if rotate != "none" and len(dataset.item_shape) != 3:
@@ -66,6 +72,19 @@ class EpisodeSampler:
         if ways + distractors > dataset.num_classes:
             raise DataError(f"{name} tasks ask for {ways} ways + {distractors} distractor classes but the split "
                             f"has only {dataset.num_classes} classes; lower {name}.ways or {name}.distractors.")
+        if groups not in ("none", "alphabet"):
+            raise DataError(f"unknown {name}.groups {groups!r}; use none or alphabet.")
+        self.groups: list[torch.Tensor] = []
+        if groups == "alphabet":
+            members: dict[str, list[int]] = {}
+            for i, class_name in enumerate(dataset.names):
+                members.setdefault(class_name.split("/")[0], []).append(i)
+            self.groups = [torch.tensor(v) for v in members.values() if len(v) >= ways + distractors]
+            if not self.groups:
+                raise DataError(f"no group (alphabet) of the {name} split has {ways} classes; lower {name}.ways.")
+        if affine and len(dataset.item_shape) != 3:
+            raise DataError(f"affine augmentation needs image items [C, H, W]; the {name} data has {dataset.item_shape}.")
+        self.same_items, self.affine = same_items, affine
         self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
         self.batch_size, self.rotate, self.unlabeled, self.distractors = batch_size, rotate, unlabeled, distractors
         self.generator = torch.Generator().manual_seed(seed)
@@ -98,6 +117,9 @@ class EpisodeSampler:
         """``count`` distinct random items of each class: ``[len(classes), count, *item]``."""
         counts = ds.counts[classes]
         width = int(counts.max())
+        if self.same_items:  # one set of item indices for every class (e.g. the same two drawers)
+            keys = torch.rand(1, int(counts.min()), generator=self.generator).expand(len(classes), -1)
+            return ds.images[ds.offsets[classes][:, None] + keys.argsort(dim=1)[:, :count]]
         keys = torch.rand(len(classes), width, generator=self.generator)
         if int(counts.min()) != width:  # unequal classes: invalid slots sort past the end
             keys = keys.masked_fill(torch.arange(width) >= counts[:, None], 2.0)
@@ -107,7 +129,11 @@ class EpisodeSampler:
         n, k, q, u, g = self.ways, self.shots, self.queries, self.unlabeled, self.generator
         ds = self.dataset
         # N distinct classes (then H distractor classes): the first of a random permutation.
-        classes = torch.rand(ds.num_classes, generator=g).argsort()[: n + self.distractors]
+        if self.groups:
+            group = self.groups[int(torch.randint(len(self.groups), (1,), generator=g))]
+            classes = group[torch.rand(len(group), generator=g).argsort()[: n + self.distractors]]
+        else:
+            classes = torch.rand(ds.num_classes, generator=g).argsort()[: n + self.distractors]
         if self.pool is None:
             x = self._items(ds, classes[:n], k + q + u)  # [N, K+Q+M, *item]
             x, ux = x[:, : k + q], x[:, k + q:]
@@ -123,7 +149,10 @@ class EpisodeSampler:
         qx, qy = x[:, k:].reshape(n * q, *x.shape[2:]), y[:, k:].reshape(n * q)
         ps = torch.rand(n * k, generator=g).argsort()
         pq = torch.rand(n * q, generator=g).argsort()
-        batch = TaskBatch(ds.to_float(sx[ps])[None], sy[ps][None], ds.to_float(qx[pq])[None], qy[pq][None], n)
+        sx, qx = ds.to_float(sx[ps]), ds.to_float(qx[pq])
+        if self.affine:
+            sx, qx = random_affine(sx, g), random_affine(qx, g)
+        batch = TaskBatch(sx[None], sy[ps][None], qx[None], qy[pq][None], n)
         if ds.attributes is not None:  # row k describes the class labelled k
             batch.class_attributes = ds.attributes[classes[:n][labels.argsort()]].float()[None]
         if u:
@@ -166,6 +195,25 @@ def _rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
         if sel.any():
             out[sel] = torch.rot90(x[sel], t, dims=(-2, -1))
     return out
+
+
+def random_affine(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Koch et al.'s distortions of images ``x [n, C, H, W]``: each component with probability ½ —
+    rotation θ ∈ [−10°, 10°], shear ρ_x, ρ_y ∈ [−0.3, 0.3], scale s_x, s_y ∈ [0.8, 1.2], translation
+    t_x, t_y ∈ [−2, 2] px — as one affine map per image, resampled bilinearly with zero padding."""
+    n, _, h, w = x.shape
+    u = torch.rand(n, 7, generator=g)
+    on = torch.rand(n, 4, generator=g) < 0.5
+    theta = torch.where(on[:, 0], (u[:, 0] * 2 - 1) * math.radians(10), 0.0)
+    shear = torch.where(on[:, 1:2], (u[:, 1:3] * 2 - 1) * 0.3, 0.0)
+    scale = torch.where(on[:, 2:3], 0.8 + 0.4 * u[:, 3:5], 1.0)
+    shift = torch.where(on[:, 3:4], (u[:, 5:7] * 2 - 1) * 2, 0.0) * torch.tensor([2 / w, 2 / h])
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    sh = torch.stack([torch.stack([torch.ones(n), shear[:, 0]], -1), torch.stack([shear[:, 1], torch.ones(n)], -1)], -2)
+    a = rot @ sh @ torch.diag_embed(scale)
+    grid = torch.nn.functional.affine_grid(torch.cat([a, shift[..., None]], -1), list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def split_pools(dataset: ClassDataset, fraction: float, seed: int) -> tuple[ClassDataset, ClassDataset]:
