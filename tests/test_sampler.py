@@ -190,4 +190,5 @@ def test_affine_distortion_keeps_shape_and_mass():
     assert y.shape == x.shape
     changed = (y - x).abs().flatten(1).sum(1) > 1e-3
     assert 0.8 < changed.float().mean() < 1.0  # each of 4 components on with p = 1/2: ~94 % changed
-    assert torch.allclose(y.sum((1, 2, 3)) / 64, torch.full((64,), 1.0), rtol=0.5)  # scale 0.8-1.2 keeps mass near
+    ratio = y.sum((1, 2, 3)) / x.sum((1, 2, 3))  # the square stays inside the image: area changes by the scales only
+    assert ((ratio > 0.6) & (ratio < 1.5)).all()
