@@ -191,4 +191,4 @@ def test_affine_distortion_keeps_shape_and_mass():
     changed = (y - x).abs().flatten(1).sum(1) > 1e-3
     assert 0.8 < changed.float().mean() < 1.0  # each of 4 components on with p = 1/2: ~94 % changed
     ratio = y.sum((1, 2, 3)) / x.sum((1, 2, 3))  # the square stays inside the image: area changes by the scales only
-    assert ((ratio > 0.6) & (ratio < 1.5)).all()
+    assert ((ratio > 0.5) & (ratio < 1.8)).all()  # scales 0.8-1.2 per axis (area 0.69-1.56), plus shear
