@@ -38,7 +38,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def _print_results(results: dict[str, Any]) -> None:
     for r in results["test"]:
         paper = f" (paper {r['paper']})" if r.get("paper") is not None else ""
-        print(f"{r['name']}: {r['mean']:.2f} ± {r['ci95']:.2f} % over {r['tasks']} test tasks{paper}")
+        unit = "test pairs" if r["metric"].startswith("verification") else "test tasks"
+        print(f"{r['name']}: {r['mean']:.2f} ± {r['ci95']:.2f} % over {r['tasks']} {unit}{paper}")
 
 
 def _train(config: dict[str, Any], out: str | None, resume: str | None, test: bool = True) -> Path:
@@ -220,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fewshot: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `fewshot list | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
     return 0
 
 

@@ -71,14 +71,15 @@ def best_threshold(scores: torch.Tensor, positive: torch.Tensor) -> float:
 def pair_scores(model: Any, dataset: ClassDataset, pairs: int, seed: int, device: str | torch.device = "cpu"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of ``pairs`` seeded pairs (half genuine, half impostor, class-disjoint from training when
-    ``dataset`` is a held-out part): each 2-way 1-shot 1-query task gives one pair of each kind."""
-    sampler = EpisodeSampler(dataset, 2, 1, 1, batch_size=min(50, max(1, pairs // 2)), seed=seed, name="verification")
+    ``dataset`` is a held-out part): each 2-way 1-shot 1-query task gives two pairs of each kind."""
+    tasks = max(1, pairs // 4)
+    sampler = EpisodeSampler(dataset, 2, 1, 1, batch_size=min(50, tasks), seed=seed, name="verification")
     was = model.training
     model.eval()
     scores, same = [], []
     try:
         with torch.inference_mode():
-            for batch in sampler.fixed_tasks_iter(max(1, pairs // 2)):
+            for batch in sampler.fixed_tasks_iter(tasks):
                 batch = batch.to(device)
                 s, m = model._pairs(batch)
                 scores.append(s.flatten().float().cpu())

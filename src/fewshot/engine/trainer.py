@@ -292,6 +292,19 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
             "machine": machine_summary(config["threads"], config["device"]), "config": config.get("source"),
             "seed": config["seed"], "eval_seed": ev["seed"], "eval_seconds": round(time.perf_counter() - t, 1),
             "revision": env.get("revision") or git_revision(), "run": run_dir.name})
+    if config["method"] == "siamese":  # verification on unseen classes, threshold from validation classes
+        from fewshot.engine.evaluator import verification
+
+        t = time.perf_counter()
+        val = build_dataset(config["data"], config["data"]["val_part"])
+        v = verification(model, val, data, pairs=2000, seed=ev["seed"], device=device)
+        p = v["accuracy"] / 100
+        summaries.append({**summaries[-1], "name": f"{prefix}-verification", "metric": "verification_accuracy",
+                          "ways": 2, "shots": 1, "mean": v["accuracy"], "tasks": v["pairs"], "paper": None,
+                          "ci95": round(196 * math.sqrt(p * (1 - p) / v["pairs"]), 3),
+                          "values": {"roc_auc": v["auc"], "threshold": v["threshold"],
+                                     "val_accuracy_at_threshold": v["val_accuracy_at_threshold"]},
+                          "eval_seconds": round(time.perf_counter() - t, 1)})
     results = {"name": config["name"], "test": summaries}
     write_json(run_dir / results_name, results)
     return results
