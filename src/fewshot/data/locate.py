@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 
 from fewshot.errors import DataError, DataNotFoundError
+from fewshot.fileio import atomic_write
 
 DEFAULT_HOME = Path("~/.cache/fewshot")
 
@@ -61,24 +60,18 @@ def download(url: str, target: Path, digest: str, algorithm: str = "md5") -> Pat
             f"{target} is missing and downloads are off ($FEWSHOT_OFFLINE); "
             f"download {url} to {target} by hand or unset FEWSHOT_OFFLINE."
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
-        got = file_digest(Path(tmp), algorithm)
-        if got != digest:
-            raise DataError(
-                f"the download of {url} has {algorithm} {got}, expected {digest}; "
-                "the file was discarded, try again or put a verified copy at " + str(target) + "."
-            )
-        os.replace(tmp, target)
+        with atomic_write(target) as out, urllib.request.urlopen(url, timeout=60) as response:
+            h = hashlib.new(algorithm)
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+            if h.hexdigest() != digest:  # raising here discards the temporary file
+                raise DataError(f"the download of {url} has {algorithm} {h.hexdigest()}, expected {digest}; "
+                                f"the file was discarded, try again or put a verified copy at {target}.")
     except OSError as exc:  # network errors are OSErrors (URLError included)
         raise DataNotFoundError(
             f"{target} is missing and could not be downloaded from {url} ({exc}); "
             f"put the file there by hand or pass --data-dir / set FEWSHOT_DATA to a folder that has it."
         ) from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target

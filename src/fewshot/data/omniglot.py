@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from fewshot.data.archive import members
 from fewshot.data.classdataset import ClassDataset
 from fewshot.data.locate import cache_root, data_root, download, file_digest
 from fewshot.errors import DataError, DataNotFoundError
+from fewshot.fileio import atomic_write
 
 URLS = {
     "images_background": "https://github.com/brendenlake/omniglot/raw/master/python/images_background.zip",
@@ -160,14 +160,8 @@ def load_characters(data_dir: str | os.PathLike | None = None, size: int = 28,
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
 
 
 def vinyals_classes(part: str, data_dir: str | os.PathLike | None = None) -> list[str]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fewshot.errors import CheckpointError
+from fewshot.fileio import atomic_write
 
 FORMAT = 1
 
@@ -19,17 +18,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     A crash or Ctrl-C during the write leaves the previous checkpoint intact.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        torch.save({"format": FORMAT, **state}, f)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
