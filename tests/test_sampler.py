@@ -192,3 +192,15 @@ def test_affine_distortion_keeps_shape_and_mass():
     assert 0.8 < changed.float().mean() < 1.0  # each of 4 components on with p = 1/2: ~94 % changed
     ratio = y.sum((1, 2, 3)) / x.sum((1, 2, 3))  # the square stays inside the image: area changes by the scales only
     assert ((ratio > 0.5) & (ratio < 1.8)).all()  # scales 0.8-1.2 per axis (area 0.69-1.56), plus shear
+
+
+def test_downsampling_damages_the_requested_share():
+    from fewshot.tasks.sampler import random_downsample
+
+    x = torch.rand(400, 1, 28, 28)
+    y = random_downsample(x, 0.5, torch.Generator().manual_seed(0))
+    damaged = (y != x).flatten(1).any(1)
+    assert 0.4 < damaged.float().mean() < 0.6
+    blocks = y[damaged][:, :, ::2, ::2]  # a damaged image is constant on 2x2 blocks at least
+    assert torch.equal(blocks.repeat_interleave(2, -1).repeat_interleave(2, -2), y[damaged])
+    assert torch.equal(y[~damaged], x[~damaged])

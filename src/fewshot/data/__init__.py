@@ -7,7 +7,7 @@ from typing import Any
 from fewshot.data.classdataset import ClassDataset
 from fewshot.errors import ConfigError
 
-DATASETS = ("omniglot", "orl", "fsdd", "synthetic", "attributes", "xlsa17")
+DATASETS = ("omniglot", "orl", "fsdd", "cats_dogs", "synthetic", "attributes", "xlsa17")
 
 
 def build_dataset(data: dict[str, Any], part: str) -> ClassDataset:
@@ -17,7 +17,7 @@ def build_dataset(data: dict[str, Any], part: str) -> ClassDataset:
         from fewshot.data.omniglot import omniglot
 
         return omniglot(part, data["split"], data.get("dir"), data["image_size"], data["resample"], data["rotation"])
-    if name in ("orl", "fsdd"):
+    if name in ("orl", "fsdd", "cats_dogs"):
         split = data["split"]
         if not split.startswith("random:"):
             raise ConfigError(f"data.split={split!r} does not apply to {name}; use random:<seed>[:<train>/<val>/<test>] "
@@ -26,9 +26,9 @@ def build_dataset(data: dict[str, Any], part: str) -> ClassDataset:
             from fewshot.data.faces import orl_faces
 
             return orl_faces(part, split, data.get("dir"))
-        from fewshot.data.audio import fsdd
+        from fewshot.data.audio import cats_dogs, fsdd
 
-        return fsdd(part, split, data.get("dir"))
+        return (fsdd if name == "fsdd" else cats_dogs)(part, split, data.get("dir"))
     if name == "attributes":
         from fewshot.data.attributes import synthetic_attributes
 

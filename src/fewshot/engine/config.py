@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "unlabeled": 0, "distractors": 0,   # semi-supervised episodes: M per class, H distractor classes
         "groups": "none", "same_items": False,  # alphabet: tasks within one alphabet; same drawers for all classes
         "affine": False,         # Koch et al.'s per-item affine distortions
+        "downsample": 0.0,       # probability of damaging an image by down- and up-sampling (Fort 2017)
         "episodes": 10000,
         "optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "momentum": 0.9,
         "lr_step": 2000, "lr_gamma": 0.5,   # multiply lr by gamma every lr_step episodes (0: constant)

@@ -237,7 +237,7 @@ def sampler_options(config: dict[str, Any], section: str) -> dict[str, Any]:
     sec, data = config[section], config["data"]
     return {"unlabeled": sec["unlabeled"], "distractors": sec["distractors"], "labeled_fraction": data["labeled_fraction"],
             "pool_seed": data["pool_seed"], "groups": sec["groups"], "same_items": sec["same_items"],
-            "affine": sec.get("affine", False)}
+            "affine": sec.get("affine", False), "downsample": sec.get("downsample", 0.0)}
 
 
 def _main_thread() -> bool:

@@ -43,13 +43,15 @@ class EpisodeSampler:
         same_items: every class of a task uses the same item indices (for Omniglot, the same drawers).
         affine: per-item random affine distortion (Koch et al.): each of rotation ±10°, shear ±0.3,
             scale 0.8–1.2 and translation ±2 px applied with probability ½.
+        downsample: probability that an image is damaged by down-sampling to ½ or ¼ of its size and
+            up-sampling back (Fort 2017's partial down-sampling, so covariance has something to model).
         name: used in error messages (e.g. ``"train"``).
     """
 
     def __init__(self, dataset: ClassDataset, ways: int, shots: int, queries: int, batch_size: int = 1,
                  seed: int = 0, rotate: str = "none", name: str = "task", unlabeled: int = 0,
                  distractors: int = 0, labeled_fraction: float = 1.0, pool_seed: int = 0, groups: str = "none",
-                 same_items: bool = False, affine: bool = False) -> None:
+                 same_items: bool = False, affine: bool = False, downsample: float = 0.0) -> None:
         if rotate not in AUGMENT:
             raise DataError(f"unknown rotation augmentation {rotate!r} for the {name} sampler; use one of {AUGMENT}.")
         if rotate != "none" and len(dataset.item_shape) != 3:
@@ -82,9 +84,12 @@ class EpisodeSampler:
             self.groups = [torch.tensor(v) for v in members.values() if len(v) >= ways + distractors]
             if not self.groups:
                 raise DataError(f"no group (alphabet) of the {name} split has {ways} classes; lower {name}.ways.")
-        if affine and len(dataset.item_shape) != 3:
-            raise DataError(f"affine augmentation needs image items [C, H, W]; the {name} data has {dataset.item_shape}.")
-        self.same_items, self.affine = same_items, affine
+        if (affine or downsample) and len(dataset.item_shape) != 3:
+            raise DataError(f"affine / down-sampling augmentation needs image items [C, H, W]; the {name} data has "
+                            f"{dataset.item_shape}.")
+        if not 0 <= downsample <= 1:
+            raise DataError(f"{name}.downsample is a probability, got {downsample}.")
+        self.same_items, self.affine, self.downsample = same_items, affine, downsample
         self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
         self.batch_size, self.rotate, self.unlabeled, self.distractors = batch_size, rotate, unlabeled, distractors
         self.generator = torch.Generator().manual_seed(seed)
@@ -152,6 +157,8 @@ class EpisodeSampler:
         sx, qx = ds.to_float(sx[ps]), ds.to_float(qx[pq])
         if self.affine:
             sx, qx = random_affine(sx, g), random_affine(qx, g)
+        if self.downsample:
+            sx, qx = random_downsample(sx, self.downsample, g), random_downsample(qx, self.downsample, g)
         batch = TaskBatch(sx[None], sy[ps][None], qx[None], qy[pq][None], n)
         if ds.attributes is not None:  # row k describes the class labelled k
             batch.class_attributes = ds.attributes[classes[:n][labels.argsort()]].float()[None]
@@ -214,6 +221,21 @@ def random_affine(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     a = rot @ sh @ torch.diag_embed(scale)
     grid = torch.nn.functional.affine_grid(torch.cat([a, shift[..., None]], -1), list(x.shape), align_corners=False)
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_downsample(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Damage each image of ``x [n, C, H, W]`` with probability ``p``: area-downsample by 2 or 4, then
+    nearest-upsample back to H × W."""
+    hit = torch.rand(len(x), generator=g) < p
+    factor = torch.where(torch.rand(len(x), generator=g) < 0.5, 2, 4)
+    out = x.clone()
+    h, w = x.shape[-2:]
+    for f in (2, 4):
+        sel = hit & (factor == f)
+        if sel.any():
+            small = torch.nn.functional.interpolate(x[sel], size=(max(1, h // f), max(1, w // f)), mode="area")
+            out[sel] = torch.nn.functional.interpolate(small, size=(h, w), mode="nearest")
+    return out
 
 
 def split_pools(dataset: ClassDataset, fraction: float, seed: int) -> tuple[ClassDataset, ClassDataset]:
