@@ -93,3 +93,13 @@ def test_fsdd_by_class_with_training_statistics(omniglot_root):
     assert not set(train.names) & set(test.names)
     per_coefficient = train.images.mean(dim=(0, 1, 3))
     assert per_coefficient.abs().max() < 1e-3  # standardized with the training classes' statistics
+
+
+def test_cats_dogs_split_by_clip(omniglot_root):
+    from fewshot.data.audio import cats_dogs
+
+    parts = {p: cats_dogs(p, data_dir=omniglot_root) for p in ("train", "val", "test")}
+    assert all(d.names == ["Cats", "Dogs", "Sub_dogs"] for d in parts.values())
+    keys = {p: {tuple(x.flatten()[:50].tolist()) for x in d.images} for p, d in parts.items()}
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["val"]  # no window in two parts
+    assert all(d.min_count >= 10 for d in parts.values())
