@@ -77,6 +77,8 @@ def test_corrupted_checkpoint_and_bad_run_folder(tmp_path, capsys):
     assert_one_line_error(code, err, "best.pt", "damaged")
     code, _, err = run_cli(capsys, "eval", str(tmp_path))
     assert_one_line_error(code, err, "not a fewshot run folder")
+    code, _, err = run_cli(capsys, "eval", str(run), "--checkpoint", "last", "--set", "model.hidden=[16]")
+    assert_one_line_error(code, err, "does not fit the model")
     code, _, err = run_cli(capsys, "train", "protonet", "--out", str(run), *TINY)
     assert_one_line_error(code, err, "already exists")
 

@@ -51,3 +51,11 @@ def test_unknown_config_name(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(bad))
+
+
+def test_nullable_settings_are_typed():
+    assert load_config("protonet", ["train.time_limit_minutes=5"])["train"]["time_limit_minutes"] == 5.0
+    assert load_config("protonet", ["train.grad_clip=null"])["train"]["grad_clip"] is None
+    for bad in ("train.time_limit_minutes=abc", "train.grad_clip=abc", "train.episodes=true"):
+        with pytest.raises(ConfigError, match="must be a"):
+            load_config("protonet", [bad])

@@ -99,3 +99,86 @@ def test_run_folder_contents(tmp_path):
     assert {"config.yaml", "env.json", "metrics.jsonl", "results.json", "checkpoints"} <= names
     env = json.loads((tmp_path / "run" / "env.json").read_text())
     assert env["threads"] == 1 and env["torch"] == torch.__version__
+
+
+def test_crash_mid_episode_keeps_the_last_good_checkpoint(tmp_path):
+    config = load_config("protonet", TINY)
+    full = Trainer(config, tmp_path / "full", progress=False)
+    full.fit()
+    t = Trainer(config, tmp_path / "run", progress=False)
+    calls = {"n": 0}
+    original = t.model.train_step
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        out = original(*args, **kwargs)  # the optimizer has stepped ...
+        if calls["n"] == 17:
+            raise RuntimeError("simulated crash")  # ... but the episode never finishes
+        return out
+
+    t.model.train_step = flaky
+    with pytest.raises(RuntimeError, match="simulated"):
+        t.fit()
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 10
+    resumed = Trainer(config, tmp_path / "run", resume=True, progress=False)
+    resumed.fit()
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert _clean(full.metrics.read()) == _clean(resumed.metrics.read())
+
+
+def test_stop_before_the_first_validation_resumes_exactly(tmp_path):
+    config = load_config("protonet", TINY)
+    full = Trainer(config, tmp_path / "full", progress=False)
+    full.fit()
+    part = Trainer(config, tmp_path / "part", progress=False)
+    part.fit(stop_after=5)
+    with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "loss": 1.')  # a line cut by a crash
+    resumed = Trainer(config, tmp_path / "part", resume=True, progress=False)
+    resumed.fit()
+    assert _clean(full.metrics.read()) == _clean(resumed.metrics.read())
+    assert full.best_step == resumed.best_step
+
+
+def test_impossible_or_leaky_evaluation_is_refused_before_training(tmp_path):
+    from fewshot.errors import ConfigError, DataError
+
+    with pytest.raises(DataError, match="eval tasks ask for 500 ways"):
+        Trainer(load_config("protonet", TINY + ["eval.ways=[500]"]), tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="held-out classes only"):
+        Trainer(load_config("protonet", TINY + ["data.test_part=train"]), tmp_path / "b", progress=False)
+    with pytest.raises(ConfigError, match="cannot select"):
+        Trainer(load_config("protonet", TINY + ["data.train_part=trainval"]), tmp_path / "c", progress=False)
+    Trainer(load_config("protonet", TINY + ["data.train_part=trainval", "eval.checkpoint=last"]), tmp_path / "d",
+            progress=False)
+    assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_run_folder_lists_its_classes(tmp_path):
+    config = load_config("protonet", TINY)
+    Trainer(config, tmp_path / "run", progress=False)
+    classes = json.loads((tmp_path / "run" / "classes.json").read_text())
+    assert len(classes["train"]) == 72 and len(classes["test"]) == 24 and not set(classes["train"]) & set(classes["test"])
+
+
+def test_random_labels_stay_at_chance(tmp_path):
+    # the negative control of the learning tests: with labels unrelated to the inputs nothing is learned
+    from fewshot.data.synthetic import gaussian_classes
+    from fewshot.engine.evaluator import evaluate
+    from fewshot.methods import build_method
+    from fewshot.tasks import EpisodeSampler
+
+    torch.manual_seed(0)
+    train = gaussian_classes("train", classes=200, dim=16, noise=0.3, nuisance=48)
+    test = gaussian_classes("test", classes=200, dim=16, noise=0.3, nuisance=48)
+    model = build_method(load_config("protonet", ["model.backbone=mlp", "model.hidden=[64, 32]", "model.norm=none"]),
+                         train.item_shape)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    sampler = EpisodeSampler(train, 20, 1, 5, seed=0)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(400):
+        b = sampler.sample()
+        b.query_y = b.query_y[:, torch.randperm(b.query_y.shape[1], generator=g)]  # labels no longer match items
+        model.train_step(b, opt)
+    assert evaluate(model, test, 5, 1, 10, 200, seed=3)["mean"] < 35.0  # chance 20 %; the real test reaches > 75 %

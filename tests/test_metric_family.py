@@ -53,12 +53,14 @@ def test_fce_with_zero_lstms_is_the_base_embedding():
 
 
 def test_fce_attention_is_over_support_items():
-    fce = FullContextEmbedding(3, steps=1)
+    fce = FullContextEmbedding(3, steps=2)
     g = torch.randn(2, 5, 3)
     f = torch.randn(2, 4, 3)
     out = fce.embed_query(f, g)
-    assert out.shape == (2, 4, 3)
-    assert fce.embed_support(g).shape == (2, 5, 3)
+    assert out.shape == (2, 4, 3) and fce.embed_support(g).shape == (2, 5, 3)
+    # queries never interact (attention runs over support items), but every support item matters
+    assert torch.allclose(fce.embed_query(f[:, :1], g), out[:, :1], atol=1e-6)
+    assert not torch.allclose(fce.embed_query(f, g[:, :4]), out)
 
 
 # -- Gaussian prototypical networks ----------------------------------------------------------------

@@ -204,3 +204,20 @@ def test_downsampling_damages_the_requested_share():
     blocks = y[damaged][:, :, ::2, ::2]  # a damaged image is constant on 2x2 blocks at least
     assert torch.equal(blocks.repeat_interleave(2, -1).repeat_interleave(2, -2), y[damaged])
     assert torch.equal(y[~damaged], x[~damaged])
+
+
+def test_pool_split_is_the_same_in_every_part():
+    from fewshot.tasks.sampler import split_pools
+
+    ds = id_dataset(classes=8, examples=10)
+    lab_all, _ = split_pools(ds, 0.3, seed=2)
+    lab_sub, _ = split_pools(ds.subset([5, 2]), 0.3, seed=2)
+    assert torch.equal(lab_sub.images[:3], lab_all.images[15:18]) and torch.equal(lab_sub.images[3:], lab_all.images[6:9])
+
+
+def test_too_small_items_for_a_backbone():
+    from fewshot.errors import ConfigError
+    from fewshot.nn import build_backbone
+
+    with pytest.raises(ConfigError, match="cannot take items of shape"):
+        build_backbone("convmap", (1, 4, 4))

@@ -44,6 +44,14 @@ def read_wav(data: bytes) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(x.copy()), rate
 
 
+def read_named_wav(data: bytes, where: str) -> tuple[torch.Tensor, int]:
+    """:func:`read_wav` with the file named in the error."""
+    try:
+        return read_wav(data)
+    except DataError as exc:
+        raise DataError(f"{where} is {exc}") from None
+
+
 def hz_to_mel(f: torch.Tensor) -> torch.Tensor:
     """Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
     f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
@@ -113,8 +121,12 @@ def load_fsdd(data_dir: str | os.PathLike | None = None) -> tuple[dict[str, list
     clips: dict[str, dict[int, torch.Tensor]] = {}
     rate = None
     for rel, data in members(source, "fsdd", (".wav",)):
-        digit, speaker, index = rel.rsplit("/", 1)[-1][:-4].split("_")
-        wav, rate = read_wav(data)
+        try:
+            digit, speaker, index = rel.rsplit("/", 1)[-1][:-4].split("_")
+            int(index)
+        except ValueError:
+            raise DataError(f"{source}: {rel} is not named <digit>_<speaker>_<index>.wav like the FSDD recordings.") from None
+        wav, rate = read_named_wav(data, f"{source}: {rel}")
         clips.setdefault(f"{digit}_{speaker}", {})[int(index)] = wav
     if len(clips) != 60 or any(len(v) != 50 for v in clips.values()):
         raise DataError(f"{source} holds {len(clips)} (digit, speaker) classes; expected 60 × 50 clips "
@@ -162,29 +174,30 @@ def cats_dogs(part: str, split: str = "random:0", data_dir: str | os.PathLike | 
     for rel, data in members(source, "cats_dogs_audio", (".wav",)):
         folder, _, file = rel.partition("/")
         if folder in clips:
-            wav, rate = read_wav(data)
+            wav, rate = read_named_wav(data, f"{source}: {rel}")
             clips[folder].append((file, wav, rate))
     if any(len(v) < 3 for v in clips.values()):
         raise DataError(f"{source} needs the three folders {CATS_DOGS} with clips in each.")
 
-    def windows(part_name: str) -> tuple[list[torch.Tensor], list[int]]:
-        items, counts = [], []
+    def windows(part_name: str) -> tuple[list[torch.Tensor], list[int], list[str]]:
+        items, counts, sources = [], [], []
         for c in CATS_DOGS:
             chosen = random_class_split(split, part_name, len(clips[c]), (8, 2, 4))
             n = 0
             for i in chosen:
-                _, wav, rate = clips[c][i]
+                file, wav, rate = clips[c][i]
                 size, step = int(window * rate), int(hop_seconds * rate)
                 starts = range(0, max(1, wav.shape[-1] - size + 1), step)
                 for st in starts:
                     items.append(mfcc(fix_length(wav[st:st + size], size), rate, n_mfcc, n_fft, hop, n_mels))
+                    sources.append(f"{c}/{file}")
                     n += 1
             counts.append(n)
-        return items, counts
+        return items, counts, sources
 
-    train_items, _ = windows("train")
+    train_items, _, _ = windows("train")
     train = torch.stack(train_items)
     mean, std = train.mean(dim=(0, 2), keepdim=True)[0], train.std(dim=(0, 2), keepdim=True)[0].clamp_min(1e-5)
-    items, counts = windows(part)
+    items, counts, sources = windows(part)
     x = ((torch.stack(items) - mean) / std)[:, None]
-    return ClassDataset(x.contiguous(), torch.tensor(counts), list(CATS_DOGS), scale=1.0)
+    return ClassDataset(x.contiguous(), torch.tensor(counts), list(CATS_DOGS), scale=1.0, sources=sources)

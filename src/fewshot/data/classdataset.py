@@ -27,6 +27,7 @@ class ClassDataset:
         mean, std: normalization applied after scaling (``(x*scale - mean) / std``).
         attributes: optional ``[classes, a]`` class descriptions (zero-shot learning), returned by the
             sampler for the classes of each task.
+        sources: optional provenance of every item (e.g. the recording a window was cut from).
     """
 
     images: torch.Tensor
@@ -36,6 +37,7 @@ class ClassDataset:
     mean: float = 0.0
     std: float = 1.0
     attributes: torch.Tensor | None = None
+    sources: list[str] | None = None
     offsets: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:

@@ -33,6 +33,8 @@ def load_faces(data_dir: str | os.PathLike | None = None, size: tuple[int, int] 
     people: dict[str, dict[int, np.ndarray]] = {}
     for rel, data in members(source, "orl_faces", (".pgm",)):
         person, _, file = rel.partition("/")
+        if not file.split(".")[0].isdigit():
+            raise DataError(f"{source}: {rel} is not named s<person>/<n>.pgm like the ORL archive.")
         img = Image.open(io.BytesIO(data)).convert("L")
         if (img.size[1], img.size[0]) != tuple(size):
             img = img.resize((size[1], size[0]), Image.BOX)

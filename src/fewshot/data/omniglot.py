@@ -154,6 +154,10 @@ def load_characters(data_dir: str | os.PathLike | None = None, size: int = 28,
                 arrays.append(np.stack([_decode(p, size, resample) for p in tree[alpha][char]]))
                 background.append(name == "images_background")
     images = np.stack(arrays)[:, :, None]  # [1623, 20, 1, H, W]
+    mean = images.mean() / 255
+    if not 0.01 < mean < 0.5:  # strokes are a small part of each image, stroke = 1
+        raise DataError(f"the decoded Omniglot images have mean {mean:.3f} (expected strokes = 1 on background = 0, "
+                        f"mean about 0.1); check the files in {folder}.")
     _atomic_savez(cache, images=images, names=np.array(names), background=np.array(background),
                   fingerprint=np.array(fingerprint))
     return torch.from_numpy(images), names, torch.tensor(background)

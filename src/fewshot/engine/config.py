@@ -72,6 +72,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 FREE_FORM = {("reproduce", "paper")}  # dicts whose keys are not checked
+#: the type of settings whose default is None (None stays allowed)
+NULLABLE = {"name": str, "source": str, "data.dir": str, "train.grad_clip": float, "train.time_limit_minutes": float,
+            "reproduce.prefix": str}
 
 
 def shipped_configs() -> list[str]:
@@ -134,11 +137,18 @@ def _merge(base: dict, update: dict, path: str, schema: dict | None) -> None:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    if default is None or value is None:
+    if value is None:
         return value
+    if default is None:
+        kind = NULLABLE.get(key)
+        if kind is None:
+            return value
+        return _coerce(key, value, kind(0) if kind is not str else "")
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"setting {key!r} must be true or false, got {value!r}.")
+    if isinstance(value, bool) and not isinstance(default, bool):
+        raise ConfigError(f"setting {key!r} must be a {type(default).__name__}, got {value!r}.")
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

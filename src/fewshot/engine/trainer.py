@@ -25,7 +25,7 @@ from fewshot.engine.checkpoint import load_checkpoint, save_checkpoint
 from fewshot.engine.config import dump_config
 from fewshot.engine.evaluator import evaluate
 from fewshot.engine.runs import MetricsLog, environment, machine_summary, write_json, write_text
-from fewshot.errors import ConfigError
+from fewshot.errors import CheckpointError, ConfigError
 from fewshot.methods import build_method
 from fewshot.tasks import EpisodeSampler
 
@@ -64,6 +64,9 @@ class Trainer:
                                       seed=config["seed"], rotate=tr["rotate"], name="train",
                                       **sampler_options(config, "train"))
         EpisodeSampler(self.val_data, va["ways"], va["shots"], va["queries"], name="val", **sampler_options(config, "val"))
+        test_data = build_dataset(config["data"], config["data"]["test_part"])
+        check_eval_settings(config, test_data)
+        check_disjoint(config, self.train_data, self.val_data, test_data)
         torch.manual_seed(config["seed"])
         random.seed(config["seed"])
         self.model = build_method(config, self.train_data.item_shape).to(self.device)
@@ -85,6 +88,8 @@ class Trainer:
         else:
             write_text(self.run_dir / "config.yaml", dump_config(config))
             write_json(self.run_dir / "env.json", environment(config["threads"], config["device"]))
+            write_json(self.run_dir / "classes.json", {"train": self.train_data.names, "val": self.val_data.names,
+                                                      "test": test_data.names})
             if self.metrics.path.exists():
                 self.metrics.path.unlink()
         self._stop_requested = False
@@ -145,6 +150,8 @@ class Trainer:
         window = self.window
         win_start = time.perf_counter()
         self.model.train()
+        clean = True  # False while an episode is half done: its state must never reach last.pt
+        timed_out = False
         try:
             while self.step < total and not self._stop_requested:
                 if stop_after is not None and done_here >= stop_after:
@@ -152,7 +159,9 @@ class Trainer:
                 if self.elapsed >= limit:
                     print(f"fewshot: time limit of {tr['time_limit_minutes']} min reached at episode {self.step}",
                           file=sys.stderr)
+                    timed_out = True
                     break
+                clean = False
                 batch = self.sampler.sample().to(self.device, self.memory_format)
                 m = self.model.train_step(batch, self.optimizer, self.autocast())
                 self.schedule.step()
@@ -180,9 +189,11 @@ class Trainer:
                     self.elapsed = start_elapsed + time.perf_counter() - start
                 if self.step % tr["checkpoint_every"] == 0 or self.step == total:
                     self.save()
+                clean = True
         finally:
+            # On an exception mid-episode the previous last.pt is kept: resuming redoes the lost episodes.
             self.elapsed = start_elapsed + time.perf_counter() - start if done_here else self.elapsed
-            if done_here:
+            if done_here and clean:
                 self.save()
             if bar is not None:
                 bar.close()
@@ -190,8 +201,8 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
             if self._tb is not None:
                 self._tb.flush()
-        if self.best == -math.inf and self.step > 0:  # never validated (stopped early): validate now
-            self._validate_and_select()
+        if self.best == -math.inf and self.step > 0 and (timed_out or self.step >= total):
+            self._validate_and_select()  # the run ended for good before its first validation
             self.save()
         return {"step": self.step, "completed": self.step >= total, "best": self.best,
                 "best_step": self.best_step, "train_seconds": round(self.elapsed, 1)}
@@ -228,8 +239,34 @@ class Trainer:
 
     # -- test -------------------------------------------------------------------------------
     def test(self, checkpoint: str | None = None) -> dict[str, Any]:
-        """Evaluate the selected checkpoint on the test classes; writes and returns ``results.json``."""
-        return test_run(self.config, self.run_dir, self.model, checkpoint)
+        """Evaluate the selected checkpoint on the test classes; writes and returns ``results.json``.
+
+        A fresh model is built for it: the trainer's own model and state are left untouched.
+        """
+        return test_run(self.config, self.run_dir, checkpoint=checkpoint)
+
+
+def check_eval_settings(config: dict[str, Any], test_data) -> None:
+    """Refuse impossible test settings (before training, not after)."""
+    ev = config["eval"]
+    for w in ev["ways"]:
+        for s in ev["shots"]:
+            EpisodeSampler(test_data, w, s, ev["queries"], name="eval", **sampler_options(config, "eval"))
+
+
+def check_disjoint(config: dict[str, Any], train, val, test) -> None:
+    """Test classes are never training or model-selection classes; validation classes are not
+    training classes unless the selection is not used (``eval.checkpoint=last``, e.g. retraining on
+    ``trainval`` for a number of episodes chosen earlier)."""
+    if config["data"]["dataset"] == "cats_dogs":  # split by clip, not by class (a demonstration set)
+        return
+    t, v, te = set(train.names), set(val.names), set(test.names)
+    if te & (t | v):
+        raise ConfigError(f"data.test_part={config['data']['test_part']!r} shares {len(te & (t | v))} classes with "
+                          "training or validation; evaluate on held-out classes only (e.g. data.test_part=test).")
+    if t & v and config["eval"]["checkpoint"] != "last":
+        raise ConfigError(f"data.train_part and data.val_part share {len(t & v)} classes, so validation cannot select "
+                          "the model; use disjoint parts or set eval.checkpoint=last.")
 
 
 def sampler_options(config: dict[str, Any], section: str) -> dict[str, Any]:
@@ -260,13 +297,15 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
     data = build_dataset(config["data"], config["data"]["test_part"])
     settings = [(w, s) for s in ev["shots"] for w in ev["ways"]]
     options = sampler_options(config, "eval")
-    for w, s in settings:
-        EpisodeSampler(data, w, s, ev["queries"], name="eval", **options)  # refuses impossible settings now
+    check_eval_settings(config, data)
     if model is None:
         model = build_method(config, data.item_shape).to(device)
-    model = model.to(memory_format=torch.contiguous_format)
     state = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise CheckpointError(f"the {which} checkpoint of {run_dir} does not fit the model of this config; "
+                              "evaluate with the model.* settings the run was trained with.") from None
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt") if (run_dir / "checkpoints" / "last.pt").exists() else {}
     from fewshot.engine.runs import git_revision
 

@@ -75,9 +75,14 @@ class Method(nn.Module):
             loss, metrics = self.loss(batch)
         loss.backward()
         if self.grad_clip:
-            metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip))
+            norms = [nn.utils.clip_grad_norm_(group, self.grad_clip) for group in self.clip_groups()]
+            metrics["grad_norm"] = float(torch.stack(norms).norm())
         optimizer.step()
         return metrics
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter groups whose gradient norms are clipped separately (``train.grad_clip``)."""
+        return [list(self.parameters())]
 
     @staticmethod
     def encode(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:

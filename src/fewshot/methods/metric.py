@@ -228,6 +228,10 @@ class GaussianProtoNet(Method):
         out = m["embed_dim"] + cls.precision_channels(m["covariance"], m["embed_dim"])
         # no ReLU on the last layer: the precision channels must be able to go negative
         encoder = cls.build_encoder(config, item_shape, out_width=out, final_relu=False)
+        dim = _embed_dim(encoder, item_shape)
+        if dim != out:  # the split into embedding and precision channels assumes a 1x1 output map
+            raise ConfigError(f"Gaussian prototypical networks need an encoder with a 1x1 output map; {m['backbone']} "
+                              f"on items {tuple(item_shape)} gives {dim // out}x more values (use 28x28 inputs with conv4).")
         return cls(encoder, m["covariance"], m["transform"], m["embed_dim"])
 
     def _precision(self, raw: torch.Tensor) -> torch.Tensor:

@@ -107,8 +107,9 @@ class RelationNet(Method):
     def logits(self, batch: TaskBatch) -> torch.Tensor:
         """Relation scores r ∈ (0, 1): ``[B, N*Q, N]``."""
         b, ns = batch.support_x.shape[:2]
-        maps = self.encode(self.encoder, torch.cat([batch.support_x, batch.query_x], 1))  # [B, n, C, h, w]
-        support, query = maps[:, :ns], maps[:, ns:]
+        # support and query in separate passes, as in the reference code (their batch statistics differ)
+        support = self.encode(self.encoder, batch.support_x)  # [B, n, C, h, w]
+        query = self.encode(self.encoder, batch.query_x)
         n, m = batch.ways, query.shape[1]
         index = batch.support_y.view(b, ns, 1, 1, 1).expand_as(support)
         classes = support.new_zeros(b, n, *support.shape[2:]).scatter_add_(1, index, support)
@@ -120,6 +121,10 @@ class RelationNet(Method):
         if b > 1 and self._batch_stats():
             return torch.stack([self.relation(p.flatten(0, 1)).view(m, n) for p in pairs])
         return self.relation(pairs.flatten(0, 2)).view(b, m, n)
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """The reference code clips the embedding and the relation module separately (0.5 each)."""
+        return [list(self.encoder.parameters()), list(self.relation.parameters())]
 
     def _batch_stats(self) -> bool:
         from fewshot.methods.base import uses_batch_statistics

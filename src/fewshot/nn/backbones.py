@@ -134,6 +134,24 @@ BACKBONES = ("conv4", "conv4-strided", "convmap", "koch", "mlp")
 def build_backbone(name: str, item_shape: tuple[int, ...], width: int = 64, norm: str = "eval",
                    hidden: tuple[int, ...] = (256, 128), out_width: int | None = None,
                    final_relu: bool = True) -> nn.Module:
+    """Backbone by name (see :func:`_build`), checked on a dry run so that items too small for it are
+    refused with one sentence instead of an error from deep inside a convolution."""
+    model = _build(name, item_shape, width, norm, hidden, out_width, final_relu)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *item_shape))
+    except RuntimeError:
+        raise ConfigError(f"model.backbone={name} cannot take items of shape {tuple(item_shape)} (too small for its "
+                          "poolings?); use larger items (data.image_size) or another backbone.") from None
+    finally:
+        model.train(was)
+    return model
+
+
+def _build(name: str, item_shape: tuple[int, ...], width: int, norm: str, hidden: tuple[int, ...],
+           out_width: int | None, final_relu: bool) -> nn.Module:
     """Backbone by name: ``conv4``, ``conv4-strided``, ``convmap`` (items ``[C, H, W]``) or ``mlp`` (any items).
 
     ``out_width`` / ``final_relu`` change the last layer (e.g. Gaussian ProtoNets' D + s_dim channels

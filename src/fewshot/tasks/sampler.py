@@ -12,6 +12,8 @@ class without replacement, the first K support and the rest query; labels remapp
 from __future__ import annotations
 
 import math
+import warnings
+import zlib
 from collections.abc import Iterator
 
 import torch
@@ -54,6 +56,9 @@ class EpisodeSampler:
                  same_items: bool = False, affine: bool = False, downsample: float = 0.0) -> None:
         if rotate not in AUGMENT:
             raise DataError(f"unknown rotation augmentation {rotate!r} for the {name} sampler; use one of {AUGMENT}.")
+        if rotate != "none" and any("/rot" in n for n in dataset.names[:50]):
+            warnings.warn(f"the {name} classes are already rotations (Vinyals split) and {name}.rotate={rotate!r} "
+                          "rotates them again: rotations are classes or augmentation, normally not both.", stacklevel=2)
         if rotate != "none" and len(dataset.item_shape) != 3:
             raise DataError(f"rotation augmentation needs image items [C, H, W]; the {name} data has "
                             f"items of shape {dataset.item_shape}.")
@@ -239,10 +244,14 @@ def random_downsample(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Te
 
 
 def split_pools(dataset: ClassDataset, fraction: float, seed: int) -> tuple[ClassDataset, ClassDataset]:
-    """Split each class once into a labelled pool (⌈fraction·count⌉ items) and an unlabelled pool."""
-    g = torch.Generator().manual_seed(seed)
+    """Split each class once into a labelled pool (⌈fraction·count⌉ items) and an unlabelled pool.
+
+    Each class's split is seeded by ``seed`` and its name, so a class is split the same way in every
+    split part that holds it (``train`` and ``trainval``) and in every run.
+    """
     lab, unl, lab_counts, unl_counts = [], [], [], []
-    for o, c in zip(dataset.offsets.tolist(), dataset.counts.tolist()):
+    for name, o, c in zip(dataset.names, dataset.offsets.tolist(), dataset.counts.tolist()):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         perm = torch.randperm(c, generator=g) + o
         cut = max(1, min(c - 1, math.ceil(fraction * c)))
         lab.append(perm[:cut])
