@@ -119,3 +119,14 @@ def test_reproduce_tiny_omniglot(omniglot_root, tmp_path, capsys):
     summary = json.loads((tmp_path / "results" / "protonet-omniglot-20w1s.json").read_text())
     assert summary["paper"] == 96.0 and summary["tasks"] == 10 and summary["split"] == "vinyals"
     assert summary["config"] == "protonet/omniglot-1shot.yaml" and summary["train_episodes"] == 6
+
+
+@pytest.mark.omniglot
+def test_bench_runs_both_loops(omniglot_root, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code, _, err = run_cli(capsys, "bench", "protonet", "--data-dir", str(omniglot_root), "--ways", "5", "--shots", "1",
+                           "--queries", "2", "--episodes", "2", "--warmup", "0", "--output", str(out))
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert {"ours_bf16", "plain_fp32", "ours_fp32", "speedup_vs_plain"} <= set(result)
+    assert result["images_per_episode"] == 15
