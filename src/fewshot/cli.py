@@ -39,7 +39,9 @@ def _print_results(results: dict[str, Any]) -> None:
     for r in results["test"]:
         paper = f" (paper {r['paper']})" if r.get("paper") is not None else ""
         unit = "test pairs" if r["metric"].startswith("verification") else "test tasks"
-        print(f"{r['name']}: {r['mean']:.2f} ± {r['ci95']:.2f} % over {r['tasks']} {unit}{paper}")
+        value = f"{r['mean']:.3f} ± {r['ci95']:.3f} {r['metric']}" if r["metric"] == "mse" else \
+            f"{r['mean']:.2f} ± {r['ci95']:.2f} %"
+        print(f"{r['name']}: {value} over {r['tasks']} {unit}{paper}")
 
 
 def _train(config: dict[str, Any], out: str | None, resume: str | None, test: bool = True) -> Path:
@@ -53,8 +55,8 @@ def _train(config: dict[str, Any], out: str | None, resume: str | None, test: bo
     trainer = Trainer(config, run, resume=bool(resume))
     print(f"run folder: {run}", flush=True)
     summary = trainer.fit()
-    print(f"trained {summary['step']} episodes in {summary['train_seconds']:.0f} s; best validation accuracy "
-          f"{summary['best']:.2f} at episode {summary['best_step']}", flush=True)
+    print(f"trained {summary['step']} episodes in {summary['train_seconds']:.0f} s; best validation {summary['metric']} "
+          f"{summary['best']:.4g} at episode {summary['best_step']}", flush=True)
     if not summary["completed"] and trainer._stop_requested:
         print(f"stopped early; continue with: fewshot train --resume {run}", flush=True)
         raise SystemExit(130)

@@ -5,14 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from fewshot.data.classdataset import ClassDataset
+from fewshot.data.functions import TaskFamily
 from fewshot.errors import ConfigError
 
-DATASETS = ("omniglot", "orl", "fsdd", "cats_dogs", "synthetic", "attributes", "xlsa17")
+DATASETS = ("omniglot", "orl", "fsdd", "cats_dogs", "synthetic", "attributes", "xlsa17", "sinusoid", "logistic")
 
 
-def build_dataset(data: dict[str, Any], part: str) -> ClassDataset:
-    """The class dataset of one split ``part`` described by a config's ``data`` section."""
+def build_dataset(data: dict[str, Any], part: str) -> "ClassDataset | TaskFamily":
+    """The class dataset (or function task family) of one split ``part`` of a config's ``data`` section."""
     name = data["dataset"]
+    if name in ("sinusoid", "logistic"):
+        from fewshot.data.functions import task_family
+
+        return task_family(data, part)
     if name == "omniglot":
         from fewshot.data.omniglot import omniglot
 
@@ -46,4 +51,4 @@ def build_dataset(data: dict[str, Any], part: str) -> ClassDataset:
     raise ConfigError(f"unknown data.dataset {name!r}; available: {', '.join(DATASETS)}.")
 
 
-__all__ = ["DATASETS", "ClassDataset", "build_dataset"]
+__all__ = ["DATASETS", "ClassDataset", "TaskFamily", "build_dataset"]

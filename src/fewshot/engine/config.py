@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "precision": "fp32",     # fp32 | bf16 (autocast + channels-last; CPUs with AVX-512 BF16)
     "data": {
-        "dataset": "omniglot",   # omniglot | synthetic
+        "dataset": "omniglot",   # omniglot | orl | fsdd | cats_dogs | synthetic | attributes | xlsa17 | sinusoid | logistic
         "split": "vinyals",      # vinyals | lake | random:<seed>[:<train>/<val>/<test>]
         "image_size": 28,
         "resample": "lanczos",
@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
                       "nuisance_scale": 3.0, "image": False},
         "attributes": {"classes": 50, "attributes": 20, "dim": 64, "unseen": 10, "val": 5, "examples": 40,
                        "noise": 1.0, "permute": False, "seed": 0},
+        # function task families (sinusoid regression, logistic tasks; spec/datasets.md §7)
+        "functions": {"variant": "maml", "x_range": [-5.0, 5.0], "dim": 50, "sigma": 1.0, "seed": 0},
     },
     "model": {
         "backbone": "conv4",     # conv4 | conv4-strided | mlp
@@ -67,7 +69,8 @@ DEFAULTS: dict[str, Any] = {
     "val": {"every": 500, "ways": 5, "shots": 1, "queries": 15, "tasks": 200, "seed": 999, "batch_tasks": 1,
             "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False},
     "eval": {"ways": [5, 20], "shots": [1], "queries": 15, "tasks": 1000, "seed": 1234, "batch_tasks": 1,
-             "checkpoint": "best", "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False},
+             "checkpoint": "best", "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False,
+             "report_steps": []},  # methods that adapt at test time: also report the metric after these inner steps
     "reproduce": {"prefix": None, "paper": {}},
 }
 
@@ -229,6 +232,12 @@ def validate(config: dict[str, Any]) -> None:
     for key in ("episodes", "log_every", "checkpoint_every", "meta_batch"):
         if config["train"][key] < 1:
             raise ConfigError(f"setting 'train.{key}' must be at least 1, got {config['train'][key]}.")
+    steps = config["model"].get("eval_steps")
+    for s in config["eval"]["report_steps"]:
+        if steps is None or not 0 <= s <= steps:
+            raise ConfigError(f"eval.report_steps asks for inner step {s}, but "
+                              + ("this method does not adapt at test time" if steps is None else
+                                 f"model.eval_steps={steps}") + "; report steps between 0 and model.eval_steps.")
     if config["val"]["every"] < 1 or config["val"]["tasks"] < 2 or config["eval"]["tasks"] < 2:
         raise ConfigError("val.every must be ≥ 1 and val.tasks / eval.tasks ≥ 2 (a CI needs two tasks).")
 

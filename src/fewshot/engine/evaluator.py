@@ -10,7 +10,7 @@ import torch
 
 from fewshot.data.classdataset import ClassDataset
 from fewshot.methods.base import Method, accuracy
-from fewshot.tasks.sampler import EpisodeSampler
+from fewshot.tasks.sampler import EpisodeSampler, make_sampler
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
@@ -21,32 +21,57 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
     return float(v.mean()), 1.96 * sd / math.sqrt(n)
 
 
-def evaluate(model: Method, dataset: ClassDataset, ways: int, shots: int, queries: int, tasks: int,
+def task_scores(outputs: torch.Tensor, batch) -> tuple[str, torch.Tensor]:
+    """The metric of a batch and its value per task: ``("accuracy", %)`` for class labels, ``("mse", ·)``
+    (mean over query points) for regression targets."""
+    if batch.query_y.is_floating_point():
+        return "mse", ((outputs.float() - batch.query_y.float()) ** 2).flatten(1).mean(1).cpu()
+    return "accuracy", accuracy(outputs.float(), batch.query_y).cpu() * 100
+
+
+#: metrics where lower is better (model selection inverts them)
+LOWER_IS_BETTER = {"mse"}
+
+
+def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks: int,
              seed: int, batch_tasks: int = 20, device: str | torch.device = "cpu",
              memory_format: torch.memory_format | None = None, autocast: Any = None,
              **sampler_options: Any) -> dict[str, Any]:
-    """Accuracy (%) of ``model`` on ``tasks`` seeded tasks: the same seed gives the same tasks.
+    """Mean ± 95 % CI of ``model`` on ``tasks`` seeded tasks: the same seed gives the same tasks.
 
-    The model is put in ``eval()`` mode (its normalization policy decides which statistics that
-    means) and restored afterwards; no autograd graph is built. ``sampler_options`` go to the
-    :class:`EpisodeSampler` (e.g. ``unlabeled``, ``distractors``, ``labeled_fraction``).
+    The metric is accuracy (%) for classification and MSE for regression tasks. The model is put in
+    ``eval()`` mode (its normalization policy decides which statistics that means) and restored
+    afterwards. No autograd graph is built, except the first-order inner-loop gradients of methods that
+    adapt at test time (``needs_grad_at_test``); those also report the metric after every inner step
+    (``curve``: step 0 = before adaptation). ``sampler_options`` go to the sampler (e.g. ``unlabeled``).
     """
-    sampler = EpisodeSampler(dataset, ways, shots, queries, batch_size=min(batch_tasks, tasks), seed=seed,
-                             name="evaluation", **sampler_options)
+    sampler = make_sampler(dataset, ways, shots, queries, batch_size=min(batch_tasks, tasks), seed=seed,
+                           name="evaluation", **sampler_options)
     was_training = model.training
     model.eval()
-    accs = []
+    adapts = getattr(model, "needs_grad_at_test", False)
+    per_step: list[list[torch.Tensor]] = []
+    metric = "accuracy"
     try:
-        with torch.inference_mode(), (autocast or nullcontext()):
+        with (torch.no_grad() if adapts else torch.inference_mode()), (autocast or nullcontext()):
             for batch in sampler.fixed_tasks_iter(tasks):
                 batch = batch.to(device, memory_format)
-                accs.append(accuracy(model.predict(batch).float(), batch.query_y).cpu())
+                outputs = model.predict_steps(batch) if adapts else [model.predict(batch)]
+                for j, out in enumerate(outputs):
+                    metric, scores = task_scores(out, batch)
+                    if len(per_step) <= j:
+                        per_step.append([])
+                    per_step[j].append(scores)
     finally:
         model.train(was_training)
-    values = torch.cat(accs) * 100
-    mean, ci = mean_ci95(values)
-    return {"ways": ways, "shots": shots, "queries": queries, "tasks": tasks, "seed": seed,
-            "mean": round(mean, 3), "ci95": round(ci, 3)}
+    stats = [mean_ci95(torch.cat(s)) for s in per_step]
+    mean, ci = stats[-1]
+    result = {"ways": ways, "shots": shots, "queries": queries, "tasks": tasks, "seed": seed, "metric": metric,
+              "mean": round(mean, 4 if metric == "mse" else 3), "ci95": round(ci, 4 if metric == "mse" else 3)}
+    if len(stats) > 1:
+        result["curve"] = {"steps": list(range(len(stats))), "mean": [round(m, 4) for m, _ in stats],
+                           "ci95": [round(c, 4) for _, c in stats]}
+    return result
 
 
 def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:

@@ -23,11 +23,11 @@ import torch
 from fewshot.data import build_dataset
 from fewshot.engine.checkpoint import load_checkpoint, save_checkpoint
 from fewshot.engine.config import dump_config
-from fewshot.engine.evaluator import evaluate
+from fewshot.engine.evaluator import LOWER_IS_BETTER, evaluate
 from fewshot.engine.runs import MetricsLog, environment, machine_summary, write_json, write_text
 from fewshot.errors import CheckpointError, ConfigError
 from fewshot.methods import build_method
-from fewshot.tasks import EpisodeSampler
+from fewshot.tasks import make_sampler
 
 
 def make_optimizer(params, train: dict[str, Any]) -> torch.optim.Optimizer:
@@ -60,10 +60,10 @@ class Trainer:
         # Datasets first: impossible settings are refused before any work starts.
         self.train_data = build_dataset(config["data"], config["data"]["train_part"])
         self.val_data = build_dataset(config["data"], config["data"]["val_part"])
-        self.sampler = EpisodeSampler(self.train_data, tr["ways"], tr["shots"], tr["queries"], tr["meta_batch"],
-                                      seed=config["seed"], rotate=tr["rotate"], name="train",
-                                      **sampler_options(config, "train"))
-        EpisodeSampler(self.val_data, va["ways"], va["shots"], va["queries"], name="val", **sampler_options(config, "val"))
+        self.sampler = make_sampler(self.train_data, tr["ways"], tr["shots"], tr["queries"], tr["meta_batch"],
+                                    seed=config["seed"], rotate=tr["rotate"], name="train",
+                                    **sampler_options(config, "train"))
+        make_sampler(self.val_data, va["ways"], va["shots"], va["queries"], name="val", **sampler_options(config, "val"))
         test_data = build_dataset(config["data"], config["data"]["test_part"])
         check_eval_settings(config, test_data)
         check_disjoint(config, self.train_data, self.val_data, test_data)
@@ -79,6 +79,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model.parameters(), tr)
         self.schedule = make_schedule(self.optimizer, tr)
         self.step, self.best, self.best_step, self.elapsed = 0, -math.inf, 0, 0.0
+        self.metric = "mse" if getattr(self.train_data, "regression", False) else "accuracy"  # of validation
         self.window: dict[str, list[float]] = {}  # training metrics since the last log line
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -204,23 +205,28 @@ class Trainer:
         if self.best == -math.inf and self.step > 0 and (timed_out or self.step >= total):
             self._validate_and_select()  # the run ended for good before its first validation
             self.save()
-        return {"step": self.step, "completed": self.step >= total, "best": self.best,
-                "best_step": self.best_step, "train_seconds": round(self.elapsed, 1)}
+        lower = self.metric in LOWER_IS_BETTER
+        return {"step": self.step, "completed": self.step >= total, "metric": self.metric,
+                "best": -self.best if lower else self.best, "best_step": self.best_step,
+                "train_seconds": round(self.elapsed, 1)}
 
     def _validate_and_select(self) -> None:
         t = time.perf_counter()
         val = self.validate()
-        record = {"step": self.step, "val_accuracy": val["mean"], "val_ci95": val["ci95"],
+        metric = self.metric = val["metric"]
+        record = {"step": self.step, f"val_{metric}": val["mean"], "val_ci95": val["ci95"],
                   "val_seconds": round(time.perf_counter() - t, 2)}
-        if val["mean"] > self.best:
-            self.best, self.best_step = val["mean"], self.step
+        score = -val["mean"] if metric in LOWER_IS_BETTER else val["mean"]  # self.best is always "higher is better"
+        if score > self.best:
+            self.best, self.best_step = score, self.step
             save_checkpoint(self.run_dir / "checkpoints" / "best.pt",
                             {"model": self.model.state_dict(), "step": self.step, "val": val})
-        record["best_val_accuracy"] = self.best
+        best = -self.best if metric in LOWER_IS_BETTER else self.best
+        record[f"best_val_{metric}"] = best
         self._log(record)
         if not self.progress:
-            print(f"episode {self.step}: val accuracy {val['mean']:.2f} ± {val['ci95']:.2f} "
-                  f"(best {self.best:.2f} at {self.best_step}), {self.elapsed:.0f} s", flush=True)
+            print(f"episode {self.step}: val {metric} {val['mean']:.4g} ± {val['ci95']:.2g} "
+                  f"(best {best:.4g} at {self.best_step}), {self.elapsed:.0f} s", flush=True)
 
     def _log(self, record: dict[str, Any]) -> None:
         self.metrics.write(record)
@@ -251,7 +257,7 @@ def check_eval_settings(config: dict[str, Any], test_data) -> None:
     ev = config["eval"]
     for w in ev["ways"]:
         for s in ev["shots"]:
-            EpisodeSampler(test_data, w, s, ev["queries"], name="eval", **sampler_options(config, "eval"))
+            make_sampler(test_data, w, s, ev["queries"], name="eval", **sampler_options(config, "eval"))
 
 
 def check_disjoint(config: dict[str, Any], train, val, test) -> None:
@@ -320,17 +326,29 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
     for w, s in settings:
         t = time.perf_counter()
         r = evaluate(model, data, w, s, ev["queries"], ev["tasks"], ev["seed"], ev["batch_tasks"], device, **options)
-        key = f"{w}w{s}s"
+        key = f"k{s}" if r["metric"] == "mse" else f"{w}w{s}s"
         summaries.append({
             "name": f"{prefix}-{key}", "method": config["method"], "dataset": config["data"]["dataset"],
             "split": config["data"]["split"], "ways": w, "shots": s, "queries": ev["queries"],
-            "metric": "accuracy", "mean": r["mean"], "ci95": r["ci95"], "tasks": r["tasks"],
+            "metric": r["metric"], "mean": r["mean"], "ci95": r["ci95"], "tasks": r["tasks"],
             "paper": config["reproduce"]["paper"].get(key), "train_seconds": round(last.get("elapsed", 0.0)),
             "train_episodes": last.get("step"), "selected_step": state.get("step"), "checkpoint": which,
             "norm": config["model"]["norm"], "precision": config["precision"],
             "machine": machine_summary(config["threads"], config["device"]), "config": config.get("source"),
             "seed": config["seed"], "eval_seed": ev["seed"], "eval_seconds": round(time.perf_counter() - t, 1),
             "revision": env.get("revision") or git_revision(), "run": run_dir.name})
+        if "curve" in r:  # metric after every inner step at test time (gradient-based methods)
+            summaries[-1]["values"] = {"curve": r["curve"]}
+            final = summaries[-1]
+            summaries[-1]["name"] += f"-step{len(r['curve']['mean']) - 1}"
+            for step in ev["report_steps"]:
+                if not 0 <= step < len(r["curve"]["mean"]):
+                    raise ConfigError(f"eval.report_steps asks for step {step} but the model adapts "
+                                      f"{len(r['curve']['mean']) - 1} steps at test time (model.eval_steps).")
+                summaries.insert(len(summaries) - 1, {
+                    **final, "name": f"{prefix}-{key}-step{step}", "mean": r["curve"]["mean"][step],
+                    "ci95": r["curve"]["ci95"][step], "paper": config["reproduce"]["paper"].get(f"{key}-step{step}")})
+            final["paper"] = config["reproduce"]["paper"].get(f"{key}-step{len(r['curve']['mean']) - 1}")
     if config["method"] == "siamese":  # verification on unseen classes, threshold from validation classes
         from fewshot.engine.evaluator import verification
 

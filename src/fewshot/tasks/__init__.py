@@ -1,6 +1,7 @@
-"""Episodes: the one sampler and the batch types."""
+"""Episodes: the one class-episode sampler, function-task episodes, and the batch types."""
 
 from fewshot.tasks.batch import TaskBatch
-from fewshot.tasks.sampler import EpisodeSampler, check_task_settings
+from fewshot.tasks.functions import FunctionSampler
+from fewshot.tasks.sampler import EpisodeSampler, check_task_settings, make_sampler
 
-__all__ = ["EpisodeSampler", "TaskBatch", "check_task_settings"]
+__all__ = ["EpisodeSampler", "FunctionSampler", "TaskBatch", "check_task_settings", "make_sampler"]

@@ -281,3 +281,13 @@ def check_task_settings(dataset: ClassDataset, ways: int, shots: int, queries: i
         raise DataError(f"{name} tasks ask for {shots} shots + {queries} queries = {shots + queries} "
                         f"{pool}items per class but the smallest class has {dataset.min_count}; lower "
                         f"{name}.shots or {name}.queries.")
+
+
+def make_sampler(data, ways: int, shots: int, queries: int, batch_size: int = 1, seed: int = 0, **options):
+    """The sampler for ``data``: :class:`EpisodeSampler` over a class dataset, or
+    :class:`~fewshot.tasks.functions.FunctionSampler` over a function task family (sinusoid, logistic)."""
+    if isinstance(data, ClassDataset):
+        return EpisodeSampler(data, ways, shots, queries, batch_size, seed, **options)
+    from fewshot.tasks.functions import FunctionSampler
+
+    return FunctionSampler(data, ways, shots, queries, batch_size, seed, **options)
