@@ -56,7 +56,7 @@ class EpisodeSampler:
                  same_items: bool = False, affine: bool = False, downsample: float = 0.0) -> None:
         if rotate not in AUGMENT:
             raise DataError(f"unknown rotation augmentation {rotate!r} for the {name} sampler; use one of {AUGMENT}.")
-        if rotate != "none" and any("/rot" in n for n in dataset.names[:50]):
+        if rotate != "none" and any(n.endswith(("/rot090", "/rot180", "/rot270")) for n in dataset.names):
             warnings.warn(f"the {name} classes are already rotations (Vinyals split) and {name}.rotate={rotate!r} "
                           "rotates them again: rotations are classes or augmentation, normally not both.", stacklevel=2)
         if rotate != "none" and len(dataset.item_shape) != 3:
