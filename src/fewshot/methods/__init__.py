@@ -4,7 +4,7 @@
 """
 
 from fewshot.methods.base import Method, accuracy
-from fewshot.methods.gradient import CAVIA, MAML, MetaSGD
+from fewshot.methods.gradient import CAVIA, MAML, MetaSGD, Reptile
 from fewshot.methods.metric import GaussianProtoNet, MatchingNet, ProtoNet
 from fewshot.methods.relation import RelationNet
 from fewshot.methods.semisupervised import SemiSupervisedProtoNet
@@ -13,9 +13,9 @@ from fewshot.methods.zeroshot import ZeroShotProtoNet, ZeroShotRelationNet
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ProtoNet, MatchingNet, GaussianProtoNet, RelationNet,
                                                         SemiSupervisedProtoNet, SiameseNet, ZeroShotProtoNet,
-                                                        ZeroShotRelationNet, MAML, MetaSGD, CAVIA)}
+                                                        ZeroShotRelationNet, MAML, MetaSGD, CAVIA, Reptile)}
 
-__all__ = ["CAVIA", "MAML", "METHODS", "GaussianProtoNet", "MetaSGD", "MatchingNet", "Method", "ProtoNet", "RelationNet", "SemiSupervisedProtoNet", "SiameseNet", "ZeroShotProtoNet", "ZeroShotRelationNet", "accuracy"]
+__all__ = ["CAVIA", "MAML", "Reptile", "METHODS", "GaussianProtoNet", "MetaSGD", "MatchingNet", "Method", "ProtoNet", "RelationNet", "SemiSupervisedProtoNet", "SiameseNet", "ZeroShotProtoNet", "ZeroShotRelationNet", "accuracy"]
 
 
 def build_method(config: dict, item_shape: tuple[int, ...]) -> Method:

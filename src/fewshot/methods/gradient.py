@@ -132,6 +132,22 @@ def inequality(losses: torch.Tensor, measure: str, a: float = 2.0, eps: float = 
     raise ConfigError(f"unknown inequality measure {measure!r}; use one of {TAML[2:]}.")
 
 
+def build_network(config: dict[str, Any], item_shape: tuple[int, ...], method: str, build) -> Network:
+    """The adapted network of a config: backbone + linear head with train.ways outputs (1 for regression).
+
+    A learned initialization has one output per class of its training tasks, so validation and test
+    tasks must have the same number of ways (refused otherwise, before any training)."""
+    body, features, pool = network_body(config, item_shape, build)
+    regression = config["data"]["dataset"] == "sinusoid"
+    ways = config["train"]["ways"]
+    for w in config["eval"]["ways"] + [config["val"]["ways"]]:
+        if not regression and w != ways:
+            raise ConfigError(f"{method} learns an initialization for a {ways}-way head (train.ways), so it cannot "
+                              f"be evaluated on {w}-way tasks; set val.ways and eval.ways to [{ways}] or train a "
+                              f"{w}-way model.")
+    return Network(body, features, 1 if regression else ways, pool)
+
+
 class MAML(Method):
     """MAML and first-order MAML (see module docstring) with per-step query metrics at test time.
 
@@ -191,16 +207,8 @@ class MAML(Method):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], item_shape: tuple[int, ...]) -> "MAML":
-        body, features, pool = network_body(config, item_shape, cls.build_encoder)
-        regression = config["data"]["dataset"] == "sinusoid"
-        ways = config["train"]["ways"]
-        for w in config["eval"]["ways"] + [config["val"]["ways"]]:
-            if not regression and w != ways:
-                raise ConfigError(f"{cls.name} learns an initialization for a {ways}-way head (train.ways), so it cannot "
-                                  f"be evaluated on {w}-way tasks; set val.ways and eval.ways to [{ways}] or train a "
-                                  f"{w}-way model.")
         m = config["model"]
-        return cls(Network(body, features, 1 if regression else ways, pool),
+        return cls(build_network(config, item_shape, cls.name, cls.build_encoder),
                    **{k: m[k] for k in cls.defaults if k not in ("backbone", "width", "norm", "hidden")})
 
     # -- the functional inner loop ------------------------------------------------------------
@@ -467,11 +475,11 @@ class CAVIA(MAML):
             body = MLP(n, tuple(m["hidden"]), norm=m["norm"])
             outputs = 1 if regression else config["train"]["ways"]
             return cls(ConcatContext(Network(body, m["hidden"][-1], outputs), m["context_dim"]), **options)
-        maml = MAML.from_config(config, item_shape)  # checks the ways and builds the backbone
-        if not isinstance(maml.net.body, nn.Sequential):
+        base = build_network(config, item_shape, cls.name, cls.build_encoder)
+        if not isinstance(base.body, nn.Sequential):
             raise ConfigError(f"CAVIA's FiLM context needs a Conv-4 backbone (got model.backbone={m['backbone']}).")
-        net = FiLMContext(maml.net.body, maml.net.head.in_features, maml.net.head.out_features,
-                          m["context_dim"], m["film_block"], maml.net.pool)
+        net = FiLMContext(base.body, base.head.in_features, base.head.out_features, m["context_dim"], m["film_block"],
+                          base.pool)
         return cls(net, **options)
 
     def meta_params(self) -> dict[str, torch.Tensor]:
@@ -483,3 +491,166 @@ class CAVIA(MAML):
     def run(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         weights = {k: v for k, v in params.items() if k != self.CONTEXT}
         return functional_call(self.net, weights, (x, params[self.CONTEXT]))
+
+
+class Reptile(Method):
+    """Reptile — Nichol, Achiam & Schulman 2018 (arXiv 1803.02999), "On First-Order Meta-Learning Algorithms".
+
+    Per task, W = U^k_T(θ): k steps of Adam with β₁ = 0 (or SGD) on minibatches of ``inner_batch`` items
+    of the task's training set (the support set; it cycles through a shuffled copy of it, as the reference
+    code does). Batched update over the n tasks of a meta-batch: θ ← θ + ε (1/n) Σᵢ (Wᵢ − θ), with ε
+    annealed linearly from ``meta_step`` to ``meta_step_final`` over ``anneal_steps`` meta-iterations; the
+    outer optimizer of the trainer is not used. With ``agreement`` the mean is replaced by gradient-
+    agreement weights of the updates θ − Wᵢ (Eshratifar et al. 2018).
+
+    The inner Adam's second moments persist across training tasks (the reference code never resets them;
+    β₁ = 0 limits the carry-over) and live in buffers, so resuming is exact; at test time each task
+    starts from θ and from the saved moments, and neither is changed.
+
+    Evaluation adapts ``eval_steps`` steps on minibatches of ``eval_batch`` support items, then predicts
+    the query set ``transductive``-ly (one batch: BatchNorm uses the query statistics, as in the paper's
+    "+ transduction" rows) or not (each query item in a batch with the whole support set, only its own
+    prediction kept; the curve over inner steps is reported only in transductive mode).
+    """
+
+    name: ClassVar[str] = "reptile"
+    defaults: ClassVar[dict[str, Any]] = {"backbone": "conv4-strided", "norm": "transductive", "inner_lr": 0.001,
+                                          "inner_steps": 5, "inner_batch": 10, "inner_optimizer": "adam",
+                                          "adam_beta2": 0.999, "eval_steps": 50, "eval_batch": 5, "meta_step": 1.0,
+                                          "meta_step_final": 0.0, "transductive": True, "agreement": False}
+    needs_grad_at_test: ClassVar[bool] = True
+
+    def __init__(self, net: nn.Module, inner_lr: float = 0.001, inner_steps: int = 5, inner_batch: int = 10,
+                 inner_optimizer: str = "adam", adam_beta2: float = 0.999, eval_steps: int = 50, eval_batch: int = 5,
+                 meta_step: float = 1.0, meta_step_final: float = 0.0, transductive: bool = True,
+                 agreement: bool = False, anneal_steps: int = 100000) -> None:
+        super().__init__()
+        if inner_optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"model.inner_optimizer must be adam or sgd (got {inner_optimizer!r}).")
+        if min(inner_steps, inner_batch, eval_batch, anneal_steps) < 1 or eval_steps < 0:
+            raise ConfigError("model.inner_steps, inner_batch and eval_batch must be at least 1 and eval_steps ≥ 0.")
+        self.net, self.inner_lr, self.inner_steps, self.inner_batch = net, inner_lr, inner_steps, inner_batch
+        self.inner_optimizer, self.beta2, self.eval_steps, self.eval_batch = inner_optimizer, adam_beta2, eval_steps, eval_batch
+        self.meta_step, self.meta_step_final, self.anneal_steps = meta_step, meta_step_final, anneal_steps
+        self.transductive, self.agreement = transductive, agreement
+        self.register_buffer("meta_iteration", torch.zeros((), dtype=torch.long))
+        self.register_buffer("adam_count", torch.zeros((), dtype=torch.long))
+        for n, p in net.named_parameters():
+            self.register_buffer("adam_v__" + n.replace(".", "__"), torch.zeros_like(p))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], item_shape: tuple[int, ...]) -> "Reptile":
+        m = config["model"]
+        return cls(build_network(config, item_shape, cls.name, cls.build_encoder), anneal_steps=config["train"]["episodes"],
+                   **{k: m[k] for k in cls.defaults if k not in ("backbone", "width", "norm", "hidden")})
+
+    # -- inner loop (in place, on a snapshot) ---------------------------------------------------
+    def _inner(self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, update_moments: bool,
+               record: Any = None) -> None:
+        """``steps`` optimizer steps on minibatches of (x, y), in place on ``self.net``."""
+        params = dict(self.net.named_parameters())
+        v = {n: getattr(self, "adam_v__" + n.replace(".", "__")) for n in params}
+        if not update_moments:
+            v = {n: t.clone() for n, t in v.items()}
+        count = int(self.adam_count)
+        order = torch.randperm(len(x), device=x.device)
+        pos = 0
+        for j in range(steps):
+            if record is not None:
+                record(j)
+            if pos + batch > len(order):
+                order, pos = torch.randperm(len(x), device=x.device), 0
+            idx = order[pos:pos + batch]
+            pos += batch
+            loss = task_loss(self.net(x[idx]), y[idx])
+            grads = torch.autograd.grad(loss, list(params.values()))
+            count += 1
+            with torch.no_grad():
+                for (n, p), g in zip(params.items(), grads):
+                    if self.inner_optimizer == "sgd":
+                        p.sub_(self.inner_lr * g)
+                        continue
+                    v[n].mul_(self.beta2).add_((1 - self.beta2) * g * g)  # Adam, β₁ = 0: m = g
+                    v_hat = v[n] / (1 - self.beta2 ** count)
+                    p.sub_(self.inner_lr * g / (v_hat.sqrt() + 1e-8))
+        if record is not None:
+            record(steps)
+        if update_moments:
+            self.adam_count.fill_(count)
+
+    def epsilon(self) -> float:
+        """ε at the current meta-iteration: linear from ``meta_step`` to ``meta_step_final``."""
+        frac = min(1.0, int(self.meta_iteration) / self.anneal_steps)
+        return self.meta_step + frac * (self.meta_step_final - self.meta_step)
+
+    def train_step(self, batch: TaskBatch, optimizer: torch.optim.Optimizer, autocast: Any = None) -> dict[str, float]:  # noqa: ARG002
+        """θ ← θ + ε Σᵢ wᵢ (Wᵢ − θ), wᵢ = 1/n (or agreement weights)."""
+        theta = [p.detach().clone() for p in self.net.parameters()]
+        buffers = [b.clone() for b in self.net.buffers()]  # e.g. BatchNorm running statistics: restored per task
+        ends, accs, losses = [], [], []
+        with autocast if autocast is not None else torch.autocast("cpu", enabled=False):
+            for i in range(batch.num_tasks):
+                self._inner(batch.support_x[i], batch.support_y[i], self.inner_steps, self.inner_batch, True)
+                with torch.no_grad():
+                    out = self.net(batch.query_x[i])
+                    losses.append(float(task_loss(out, batch.query_y[i])))
+                    if not batch.query_y.is_floating_point():
+                        accs.append(float(accuracy(out[None].float(), batch.query_y[i][None])))
+                    ends.append([p.detach().clone() for p in self.net.parameters()])
+                    for p, t in zip(self.net.parameters(), theta):
+                        p.copy_(t)
+                    for b, t in zip(self.net.buffers(), buffers):
+                        b.copy_(t)
+        with torch.no_grad():
+            updates = torch.stack([torch.cat([(t - w).flatten() for t, w in zip(theta, end)]) for end in ends])
+            weights = agreement_weights(updates) if self.agreement else torch.full((len(ends),), 1.0 / len(ends))
+            eps = self.epsilon()
+            for k, p in enumerate(self.net.parameters()):
+                p.add_(eps * sum(float(weights[i]) * (ends[i][k] - theta[k]) for i in range(len(ends))))
+            self.meta_iteration += 1
+        metrics = {"loss": sum(losses) / len(losses), "epsilon": eps}
+        if accs:
+            metrics["accuracy"] = sum(accs) / len(accs)
+        if self.agreement:
+            metrics["ga_negative"] = float((weights < 0).float().mean())
+        return metrics
+
+    def loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError("Reptile's outer update is not the gradient of a loss; use train_step.")
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _predict_query(self, support_x: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+        if self.transductive:
+            return self.net(query_x).float()
+        return torch.cat([self.net(torch.cat([support_x, query_x[q:q + 1]]))[-1:] for q in range(len(query_x))]).float()
+
+    def predict_steps(self, batch: TaskBatch, steps: int | None = None) -> list[torch.Tensor]:
+        """Query outputs after 0 … ``eval_steps`` steps (transductive) or after the last step only."""
+        steps = self.eval_steps if steps is None else steps
+        theta = [p.detach().clone() for p in self.net.parameters()]
+        buffers = [b.clone() for b in self.net.buffers()]
+        per_step: list[list[torch.Tensor]] = [[] for _ in range(steps + 1 if self.transductive else 1)]
+        try:
+            for i in range(batch.num_tasks):
+                sx, sy, qx = batch.support_x[i].clone(), batch.support_y[i].clone(), batch.query_x[i]
+
+                def record(j: int) -> None:
+                    if self.transductive or j == steps:
+                        with torch.no_grad():
+                            per_step[j if self.transductive else 0].append(self._predict_query(sx, qx))
+
+                with torch.enable_grad():
+                    self._inner(sx, sy, steps, self.eval_batch, False, record)
+                with torch.no_grad():
+                    for p, t in zip(self.net.parameters(), theta):
+                        p.copy_(t)
+        finally:
+            with torch.no_grad():
+                for p, t in zip(self.net.parameters(), theta):
+                    p.copy_(t)
+                for b, t in zip(self.net.buffers(), buffers):
+                    b.copy_(t)
+        return [torch.stack(o) for o in per_step]
+
+    def predict(self, batch: TaskBatch) -> torch.Tensor:
+        return self.predict_steps(batch)[-1]
