@@ -70,7 +70,8 @@ DEFAULTS: dict[str, Any] = {
             "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False},
     "eval": {"ways": [5, 20], "shots": [1], "queries": 15, "tasks": 1000, "seed": 1234, "batch_tasks": 1,
              "checkpoint": "best", "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False,
-             "report_steps": []},  # methods that adapt at test time: also report the metric after these inner steps
+             "report_steps": [],
+             "attack": "none", "attack_eps": [], "pgd_steps": 10},  # robustness: fgsm | pgd at each ε  # methods that adapt at test time: also report the metric after these inner steps
     "reproduce": {"prefix": None, "paper": {}},
 }
 
@@ -238,6 +239,10 @@ def validate(config: dict[str, Any]) -> None:
             raise ConfigError(f"eval.report_steps asks for inner step {s}, but "
                               + ("this method does not adapt at test time" if steps is None else
                                  f"model.eval_steps={steps}") + "; report steps between 0 and model.eval_steps.")
+    if config["eval"]["attack"] not in ("none", "fgsm", "pgd"):
+        raise ConfigError(f"eval.attack must be none, fgsm or pgd (got {config['eval']['attack']!r}).")
+    if config["eval"]["attack"] != "none" and not config["eval"]["attack_eps"]:
+        raise ConfigError("eval.attack is set but eval.attack_eps is empty; give the attack sizes, e.g. eval.attack_eps=[0.1,0.2].")
     if config["val"]["every"] < 1 or config["val"]["tasks"] < 2 or config["eval"]["tasks"] < 2:
         raise ConfigError("val.every must be ≥ 1 and val.tasks / eval.tasks ≥ 2 (a CI needs two tasks).")
 

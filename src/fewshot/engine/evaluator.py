@@ -33,9 +33,19 @@ def task_scores(outputs: torch.Tensor, batch) -> tuple[str, torch.Tensor]:
 LOWER_IS_BETTER = {"mse"}
 
 
+def input_range(dataset) -> tuple[float, float]:
+    """The valid range of a dataset's model inputs (stored 0..255 images after scaling and normalization;
+    unbounded for real-valued features), used to clip adversarial examples."""
+    if isinstance(dataset, ClassDataset) and dataset.images.dtype == torch.uint8:
+        lo, hi = (0 - dataset.mean) / dataset.std, (255 * dataset.scale - dataset.mean) / dataset.std
+        return float(lo), float(hi)
+    return -math.inf, math.inf
+
+
 def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks: int,
              seed: int, batch_tasks: int = 20, device: str | torch.device = "cpu",
              memory_format: torch.memory_format | None = None, autocast: Any = None,
+             attack: str = "none", attack_eps: float = 0.0, pgd_steps: int = 10,
              **sampler_options: Any) -> dict[str, Any]:
     """Mean ± 95 % CI of ``model`` on ``tasks`` seeded tasks: the same seed gives the same tasks.
 
@@ -43,7 +53,9 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
     ``eval()`` mode (its normalization policy decides which statistics that means) and restored
     afterwards. No autograd graph is built, except the first-order inner-loop gradients of methods that
     adapt at test time (``needs_grad_at_test``); those also report the metric after every inner step
-    (``curve``: step 0 = before adaptation). ``sampler_options`` go to the sampler (e.g. ``unlabeled``).
+    (``curve``: step 0 = before adaptation). ``attack`` (``fgsm`` or ``pgd``) replaces every query item
+    by a white-box adversarial example of L∞ size ``attack_eps`` against the model adapted on the clean
+    support set (:mod:`fewshot.methods.adversarial`). ``sampler_options`` go to the sampler.
     """
     sampler = make_sampler(dataset, ways, shots, queries, batch_size=min(batch_tasks, tasks), seed=seed,
                            name="evaluation", **sampler_options)
@@ -52,10 +64,15 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
     adapts = getattr(model, "needs_grad_at_test", False)
     per_step: list[list[torch.Tensor]] = []
     metric = "accuracy"
+    clip = input_range(dataset)
+    if attack != "none":
+        from fewshot.methods.adversarial import attack_queries
     try:
-        with (torch.no_grad() if adapts else torch.inference_mode()), (autocast or nullcontext()):
+        with (torch.no_grad() if adapts or attack != "none" else torch.inference_mode()), (autocast or nullcontext()):
             for batch in sampler.fixed_tasks_iter(tasks):
                 batch = batch.to(device, memory_format)
+                if attack != "none":
+                    batch.query_x = attack_queries(model, batch, attack, attack_eps, clip, pgd_steps)
                 outputs = model.predict_steps(batch) if adapts else [model.predict(batch)]
                 for j, out in enumerate(outputs):
                     metric, scores = task_scores(out, batch)

@@ -349,6 +349,17 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
                     **final, "name": f"{prefix}-{key}-step{step}", "mean": r["curve"]["mean"][step],
                     "ci95": r["curve"]["ci95"][step], "paper": config["reproduce"]["paper"].get(f"{key}-step{step}")})
             final["paper"] = config["reproduce"]["paper"].get(f"{key}-step{len(r['curve']['mean']) - 1}")
+    if ev["attack"] != "none":  # robustness: accuracy on white-box adversarial queries at each ε
+        for w, s in settings:
+            base = next(x for x in summaries if x["ways"] == w and x["shots"] == s)
+            for eps in ev["attack_eps"]:
+                t = time.perf_counter()
+                r = evaluate(model, data, w, s, ev["queries"], ev["tasks"], ev["seed"], ev["batch_tasks"], device,
+                             attack=ev["attack"], attack_eps=eps, pgd_steps=ev["pgd_steps"], **options)
+                name = base["name"].split("-step")[0]
+                summaries.append({**base, "name": f"{name}-{ev['attack']}{eps:g}", "mean": r["mean"], "ci95": r["ci95"],
+                                  "paper": None, "attack": {"kind": ev["attack"], "eps": eps, "pgd_steps": ev["pgd_steps"]},
+                                  "values": {}, "eval_seconds": round(time.perf_counter() - t, 1)})
     if config["method"] == "siamese":  # verification on unseen classes, threshold from validation classes
         from fewshot.engine.evaluator import verification
 

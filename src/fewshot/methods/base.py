@@ -67,6 +67,11 @@ class Method(nn.Module):
         with torch.no_grad():
             return self.logits(batch)
 
+    def attack_logits(self, batch: TaskBatch) -> torch.Tensor:
+        """Query logits as a differentiable function of ``batch.query_x`` (white-box attacks at test time)."""
+        with torch.enable_grad():
+            return self.logits(batch)
+
     def train_step(self, batch: TaskBatch, optimizer: torch.optim.Optimizer,
                    autocast: Any = None) -> dict[str, float]:
         """One outer update: zero grads, loss, backward, optional clipping, step."""

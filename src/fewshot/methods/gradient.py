@@ -361,6 +361,18 @@ class MAML(Method):
     def predict(self, batch: TaskBatch) -> torch.Tensor:
         return self.predict_steps(batch)[-1]
 
+    def attack_logits(self, batch: TaskBatch) -> torch.Tensor:
+        """Query outputs after ``eval_steps`` first-order steps on the clean support set, differentiable
+        with respect to the query inputs (for white-box attacks at test time)."""
+        theta = {k: v.detach() for k, v in self.meta_params().items()}
+        outs = []
+        with torch.enable_grad():
+            for i in range(batch.num_tasks):
+                p = self.adapt_task(theta, batch.support_x[i].detach(), batch.support_y[i], self.eval_steps,
+                                    create_graph=False, detach=True)[-1]
+                outs.append(self.run(p, batch.query_x[i]))
+        return torch.stack(outs)
+
 
 class MetaSGD(MAML):
     """Meta-SGD: learned per-coordinate inner step sizes α (same shapes as the adapted θ), one step.
@@ -654,3 +666,26 @@ class Reptile(Method):
 
     def predict(self, batch: TaskBatch) -> torch.Tensor:
         return self.predict_steps(batch)[-1]
+
+    def attack_logits(self, batch: TaskBatch) -> torch.Tensor:
+        """Query outputs of the adapted weights (``eval_steps`` steps on the clean support set), differentiable
+        with respect to the query inputs."""
+        theta = [p.detach().clone() for p in self.net.parameters()]
+        buffers = dict(self.net.named_buffers())
+        outs = []
+        for i in range(batch.num_tasks):
+            with torch.enable_grad():
+                self._inner(batch.support_x[i].detach(), batch.support_y[i], self.eval_steps, self.eval_batch, False)
+            adapted = {n: p.detach().clone() for n, p in self.net.named_parameters()}
+            with torch.no_grad():
+                for p, t in zip(self.net.parameters(), theta):
+                    p.copy_(t)
+            with torch.enable_grad():
+                qx = batch.query_x[i]
+                if self.transductive:
+                    outs.append(functional_call(self.net, {**adapted, **buffers}, (qx,)))
+                else:
+                    sx = batch.support_x[i].detach()
+                    outs.append(torch.cat([functional_call(self.net, {**adapted, **buffers}, (torch.cat([sx, qx[q:q + 1]]),))[-1:]
+                                           for q in range(len(qx))]))
+        return torch.stack(outs)

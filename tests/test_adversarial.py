@@ -1,0 +1,105 @@
+"""FGSM / PGD, the robustness evaluation for every classifier, and ADML's crossed objective."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fewshot.data.synthetic import gaussian_classes
+from fewshot.engine.config import load_config
+from fewshot.engine.evaluator import evaluate
+from fewshot.errors import ConfigError
+from fewshot.methods import ProtoNet
+from fewshot.methods.adversarial import ADML, fgsm, pgd
+from fewshot.methods.gradient import MAML, task_loss
+from fewshot.nn import MLP
+from fewshot.tasks import make_sampler
+
+
+def test_fgsm_moves_every_coordinate_by_epsilon_up_the_loss_and_respects_the_range():
+    w = torch.tensor([1.0, -2.0, 0.5])
+    x = torch.tensor([[0.5, 0.5, 0.98]])
+
+    def loss(inp):  # ∂/∂x = w
+        return (inp * w).sum()
+
+    adv = fgsm(loss, x, 0.1)
+    torch.testing.assert_close(adv, torch.tensor([[0.6, 0.4, 1.0]]))  # clipped at 1
+    assert float(loss(adv)) > float(loss(x))
+    assert not adv.requires_grad
+
+
+def test_pgd_stays_in_the_ball_and_beats_fgsm_on_a_curved_loss():
+    torch.manual_seed(0)
+    x = torch.rand(4, 6) * 0.6 + 0.2
+    a = torch.randn(6, 6)
+
+    def loss(inp):
+        return torch.tanh(inp @ a).pow(2).sum()
+
+    adv = pgd(loss, x, 0.1, steps=20, generator=torch.Generator().manual_seed(0))
+    assert float((adv - x).abs().max()) <= 0.1 + 1e-6 and float(adv.min()) >= 0 and float(adv.max()) <= 1
+    assert float(loss(adv)) >= float(loss(fgsm(loss, x, 0.1))) - 1e-4
+
+
+def small_protonet_and_data():
+    torch.manual_seed(1)
+    train = gaussian_classes("train", nuisance=0, noise=0.6)
+    test = gaussian_classes("test", nuisance=0, noise=0.6)
+    model = ProtoNet(MLP(16, (32,), 16))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    sampler = make_sampler(train, 5, 1, 5, seed=0)
+    for _ in range(100):
+        model.train_step(sampler.sample(), opt)
+    return model, test
+
+
+def test_robustness_evaluation_for_a_metric_classifier():
+    model, test = small_protonet_and_data()
+    clean = evaluate(model, test, 5, 1, 5, 100, seed=3)
+    zero = evaluate(model, test, 5, 1, 5, 100, seed=3, attack="fgsm", attack_eps=0.0)
+    weak = evaluate(model, test, 5, 1, 5, 100, seed=3, attack="fgsm", attack_eps=0.1)
+    strong = evaluate(model, test, 5, 1, 5, 100, seed=3, attack="pgd", attack_eps=0.5, pgd_steps=5)
+    assert zero["mean"] == clean["mean"]
+    assert clean["mean"] > weak["mean"] > strong["mean"], (clean, weak, strong)
+
+
+def test_robustness_evaluation_for_maml_adapts_on_the_clean_support():
+    torch.manual_seed(2)
+    test = gaussian_classes("test", nuisance=0, noise=0.6)
+    model = MAML(nn.Sequential(nn.Linear(16, 5)), inner_lr=0.5, eval_steps=2)
+    clean = evaluate(model, test, 5, 1, 5, 50, seed=3)
+    attacked = evaluate(model, test, 5, 1, 5, 50, seed=3, attack="fgsm", attack_eps=0.3)
+    assert attacked["mean"] < clean["mean"]
+
+
+def test_adml_objective_is_the_crossed_pair():
+    torch.manual_seed(4)
+    data = gaussian_classes("train", nuisance=0, noise=0.6)
+    batch = make_sampler(data, 5, 1, 3, batch_size=2, seed=0).sample()
+    net = nn.Sequential(nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 5))
+    model = ADML(net, inner_lr=0.3, adv_eps=0.2, clip_min=-10.0, clip_max=10.0)
+    results = model.task_results(batch)
+    theta = model.meta_params()
+    for i in range(2):
+        sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+        sx_adv = model._attack(theta, sx, sy)
+        assert float((sx_adv - sx).abs().max()) == pytest.approx(0.2)  # a real perturbation
+        clean = model.adapt_task(theta, sx, sy, 1, create_graph=False)[-1]
+        adv = model.adapt_task(theta, sx_adv, sy, 1, create_graph=False)[-1]
+        qx_adv = model._attack(clean, qx, qy)
+        expected = 0.5 * (task_loss(model.run(adv, qx), qy) + task_loss(model.run(clean, qx_adv), qy))
+        torch.testing.assert_close(results["query"][i].detach(), expected.detach())
+    loss, metrics = model.loss(batch)
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters()) and 0 <= metrics["accuracy"] <= 1
+
+
+def test_attack_settings_are_checked():
+    with pytest.raises(ConfigError, match="attack_eps"):
+        load_config("protonet", ["eval.attack=fgsm"])
+    with pytest.raises(ConfigError, match="eval.attack"):
+        load_config("protonet", ["eval.attack=cw", "eval.attack_eps=[0.1]"])
+    with pytest.raises(ConfigError, match="vmap"):
+        ADML(nn.Linear(3, 2), vmap=True)
