@@ -53,6 +53,9 @@ def _train(config: dict[str, Any], out: str | None, resume: str | None, test: bo
         raise FewshotError(f"run folder {run} already exists and is not empty; choose another --out or "
                            f"continue it with --resume {run}.")
     trainer = Trainer(config, run, resume=bool(resume))
+    if not trainer.world.main:  # torchrun: the other processes train silently
+        trainer.fit()
+        return run
     print(f"run folder: {run}", flush=True)
     summary = trainer.fit()
     print(f"trained {summary['step']} episodes in {summary['train_seconds']:.0f} s; best validation {summary['metric']} "
@@ -60,7 +63,7 @@ def _train(config: dict[str, Any], out: str | None, resume: str | None, test: bo
     if not summary["completed"] and trainer._stop_requested:
         print(f"stopped early; continue with: fewshot train --resume {run}", flush=True)
         raise SystemExit(130)
-    if test:
+    if test and trainer.world.main:
         _print_results(trainer.test())
     return run
 
@@ -115,6 +118,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
             raise FewshotError(f"no reproduction named {args.name!r}; available: {', '.join(sorted(table))}.")
         config = load_config(table[args.name], _overrides(args))
     run = _train(config, args.out, args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 tests and writes the results
+        return
     results = json.loads((run / "results.json").read_text())
     target = Path(args.results_dir) if args.results_dir else None
     if target is not None:

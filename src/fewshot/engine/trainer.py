@@ -23,6 +23,7 @@ import torch
 from fewshot.data import build_dataset
 from fewshot.engine.checkpoint import load_checkpoint, save_checkpoint
 from fewshot.engine.config import dump_config
+from fewshot.engine.distributed import World
 from fewshot.engine.evaluator import LOWER_IS_BETTER, evaluate
 from fewshot.engine.runs import MetricsLog, environment, machine_summary, write_json, write_text
 from fewshot.errors import CheckpointError, ConfigError
@@ -76,6 +77,8 @@ class Trainer:
         if self.memory_format is not None:
             self.model = self.model.to(memory_format=self.memory_format)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+        self.world = World.from_env(self.device)  # torchrun: split every meta-batch over the processes
+        self.model.world, self.model.meta_batch_total = self.world, tr["meta_batch"]
         self.optimizer = make_optimizer(self.model.parameters(), tr)
         self.schedule = make_schedule(self.optimizer, tr)
         self.step, self.best, self.best_step, self.elapsed = 0, -math.inf, 0, 0.0
@@ -85,8 +88,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._restore(load_checkpoint(self.run_dir / "checkpoints" / "last.pt"))
-            write_text(self.run_dir / "config.yaml", dump_config(config))  # overrides given on resume
-        else:
+            if self.world.main:
+                write_text(self.run_dir / "config.yaml", dump_config(config))  # overrides given on resume
+        elif self.world.main:
             write_text(self.run_dir / "config.yaml", dump_config(config))
             write_json(self.run_dir / "env.json", environment(config["threads"], config["device"]))
             write_json(self.run_dir / "classes.json", {"train": self.train_data.names, "val": self.val_data.names,
@@ -112,10 +116,12 @@ class Trainer:
         self.step, self.best, self.best_step = state["step"], state["best"], state["best_step"]
         self.elapsed = state["elapsed"]
         self.window = {k: list(v) for k, v in state["window"].items()}
-        self.metrics.truncate_after(self.step)
+        if self.world.main:
+            self.metrics.truncate_after(self.step)
 
     def save(self) -> None:
-        save_checkpoint(self.run_dir / "checkpoints" / "last.pt", self._state())
+        if self.world.main:
+            save_checkpoint(self.run_dir / "checkpoints" / "last.pt", self._state())
 
     # -- loop -------------------------------------------------------------------------------
     def validate(self) -> dict[str, Any]:
@@ -143,7 +149,7 @@ class Trainer:
         self._open_tensorboard()
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         bar = None
-        if self.progress:
+        if self.progress and self.world.main:
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=self.step, unit="ep", dynamic_ncols=True)
@@ -157,13 +163,19 @@ class Trainer:
             while self.step < total and not self._stop_requested:
                 if stop_after is not None and done_here >= stop_after:
                     break
-                if self.elapsed >= limit:
+                if self.world.size > 1:  # every process stops at the same episode (rank 0's clock decides)
+                    flag = torch.tensor([float(self.elapsed >= limit)], device=self.device)
+                    torch.distributed.broadcast(flag, 0)
+                    timed_out_everywhere = bool(flag.item())
+                else:
+                    timed_out_everywhere = self.elapsed >= limit
+                if timed_out_everywhere:
                     print(f"fewshot: time limit of {tr['time_limit_minutes']} min reached at episode {self.step}",
                           file=sys.stderr)
                     timed_out = True
                     break
                 clean = False
-                batch = self.sampler.sample().to(self.device, self.memory_format)
+                batch = self.world.shard(self.sampler.sample()).to(self.device, self.memory_format)
                 m = self.model.train_step(batch, self.optimizer, self.autocast())
                 self.schedule.step()
                 self.step += 1
@@ -211,6 +223,8 @@ class Trainer:
                 "train_seconds": round(self.elapsed, 1)}
 
     def _validate_and_select(self) -> None:
+        if not self.world.main:  # only rank 0 validates and selects (the weights are the same everywhere)
+            return
         t = time.perf_counter()
         val = self.validate()
         metric = self.metric = val["metric"]
@@ -229,6 +243,8 @@ class Trainer:
                   f"(best {best:.4g} at {self.best_step}), {self.elapsed:.0f} s", flush=True)
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.world.main:
+            return
         self.metrics.write(record)
         if self._tb is not None:
             for k, v in record.items():
@@ -236,7 +252,7 @@ class Trainer:
                     self._tb.add_scalar(k, v, record["step"])
 
     def _open_tensorboard(self) -> None:
-        if self._tb is None and self.config["train"]["tensorboard"]:
+        if self._tb is None and self.config["train"]["tensorboard"] and self.world.main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:

@@ -37,6 +37,9 @@ class Method(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.grad_clip: float | None = None
+        #: set by the trainer when meta-training runs over several processes (fewshot.engine.distributed)
+        self.world = None
+        self.meta_batch_total: int | None = None
 
     @staticmethod
     def build_encoder(config: dict[str, Any], item_shape: tuple[int, ...], **kwargs: Any) -> nn.Module:
@@ -79,6 +82,8 @@ class Method(nn.Module):
         with autocast if autocast is not None else torch.autocast("cpu", enabled=False):
             loss, metrics = self.loss(batch)
         loss.backward()
+        if self.world is not None and self.world.size > 1:  # average the meta-gradient over the processes
+            self.world.reduce_gradients(list(self.parameters()), batch.num_tasks, self.meta_batch_total)
         if self.grad_clip:
             norms = [nn.utils.clip_grad_norm_(group, self.grad_clip) for group in self.clip_groups()]
             metrics["grad_norm"] = float(torch.stack(norms).norm())

@@ -517,7 +517,8 @@ class Reptile(Method):
 
     The inner Adam's second moments persist across training tasks (the reference code never resets them;
     β₁ = 0 limits the carry-over) and live in buffers, so resuming is exact; at test time each task
-    starts from θ and from the saved moments, and neither is changed.
+    starts from θ and from the saved moments, and neither is changed. Under ``torchrun`` each process
+    keeps its own moments (they see only that process's tasks); θ stays identical on every process.
 
     Evaluation adapts ``eval_steps`` steps on minibatches of ``eval_batch`` support items, then predicts
     the query set ``transductive``-ly (one batch: BatchNorm uses the query statistics, as in the paper's
@@ -615,10 +616,20 @@ class Reptile(Method):
                         b.copy_(t)
         with torch.no_grad():
             updates = torch.stack([torch.cat([(t - w).flatten() for t, w in zip(theta, end)]) for end in ends])
-            weights = agreement_weights(updates) if self.agreement else torch.full((len(ends),), 1.0 / len(ends))
+            distributed = self.world is not None and self.world.size > 1
+            if distributed and self.agreement:
+                raise ConfigError("Reptile with gradient agreement needs every task's update on one process; "
+                                  "run it without torchrun.")
+            total = self.meta_batch_total if distributed else len(ends)
+            weights = agreement_weights(updates) if self.agreement else torch.full((len(ends),), 1.0 / total)
             eps = self.epsilon()
-            for k, p in enumerate(self.net.parameters()):
-                p.add_(eps * sum(float(weights[i]) * (ends[i][k] - theta[k]) for i in range(len(ends))))
+            deltas = [sum(float(weights[i]) * (ends[i][k] - theta[k]) for i in range(len(ends)))
+                      for k in range(len(theta))]
+            if distributed:  # Σ over all tasks of all processes of (1/B)(Wᵢ − θ)
+                for d in deltas:
+                    self.world.all_reduce_sum(d)
+            for p, d in zip(self.net.parameters(), deltas):
+                p.add_(eps * d)
             self.meta_iteration += 1
         metrics = {"loss": sum(losses) / len(losses), "epsilon": eps}
         if accs:
