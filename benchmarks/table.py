@@ -23,14 +23,19 @@ def fmt_time(seconds: float | None) -> str:
 def table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks" / "results").glob("*.json"))]
     rows.sort(key=lambda r: (r["method"], r["dataset"], r.get("shots", 0), r.get("ways", 0), r["name"]))
-    lines = ["| setting | paper | seed code | ours (mean ± 95% CI) | test tasks | training time | machine | config |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | metric | paper | seed code | ours (mean ± 95% CI) | test tasks | training time | machine | config |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = "—" if r.get("paper") is None else f"{r['paper']}"
         seed = "—" if r.get("seed_code") is None else f"{r['seed_code']}"
-        ours = f"**{r['mean']:.2f} ± {r['ci95']:.2f}**"
-        lines.append(f"| {r['name']} | {paper} | {seed} | {ours} | {r['tasks']} | {fmt_time(r.get('train_seconds'))} | "
-                     f"{r.get('machine', '—')}, {r.get('precision', 'fp32')} | `{r.get('config', '—')}` |")
+        digits = 3 if r["metric"] == "mse" else 2
+        ours = f"**{r['mean']:.{digits}f} ± {r['ci95']:.{digits}f}**"
+        metric = r["metric"].replace("_", " ")
+        if r.get("attack"):
+            metric += f" under {r['attack']['kind'].upper()} ε = {r['attack']['eps']:g}"
+        lines.append(f"| {r['name']} | {metric} | {paper} | {seed} | {ours} | {r['tasks']} | "
+                     f"{fmt_time(r.get('train_seconds'))} | {r.get('machine', '—')}, {r.get('precision', 'fp32')} | "
+                     f"`{r.get('config', '—')}` |")
     return "\n".join(lines)
 
 
