@@ -480,3 +480,14 @@ def test_reptile_beats_random_and_zero_init_on_logistic_tasks():
     random = one_step_query_loss(probe, {"0.weight": torch.randn(2, 50), "0.bias": torch.randn(2)}, test)
     zero = one_step_query_loss(probe, {"0.weight": torch.zeros(2, 50), "0.bias": torch.zeros(2)}, test)
     assert learned < zero - 0.04 and learned < random - 0.3, (learned, zero, random)
+
+
+def test_meta_sgd_step_sizes_are_never_weight_decayed():
+    from fewshot.engine.trainer import make_optimizer
+
+    model = MetaSGD(TanhNet(), inner_steps=1)
+    train = {"optimizer": "adam", "lr": 0.001, "weight_decay": 0.1, "momentum": 0.9}
+    groups = make_optimizer(model.parameter_groups(), train).param_groups
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.alpha.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

@@ -32,6 +32,7 @@ from fewshot.tasks import make_sampler
 
 
 def make_optimizer(params, train: dict[str, Any]) -> torch.optim.Optimizer:
+    """The meta-optimizer; ``params`` are parameters or parameter groups (e.g. Meta-SGD's α without weight decay)."""
     name = train["optimizer"]
     if name == "adam":
         return torch.optim.Adam(params, lr=train["lr"], weight_decay=train["weight_decay"])
@@ -79,7 +80,7 @@ class Trainer:
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
         self.world = World.from_env(self.device)  # torchrun: split every meta-batch over the processes
         self.model.world, self.model.meta_batch_total = self.world, tr["meta_batch"]
-        self.optimizer = make_optimizer(self.model.parameters(), tr)
+        self.optimizer = make_optimizer(self.model.parameter_groups(), tr)
         self.schedule = make_schedule(self.optimizer, tr)
         self.step, self.best, self.best_step, self.elapsed = 0, -math.inf, 0, 0.0
         self.metric = "mse" if getattr(self.train_data, "regression", False) else "accuracy"  # of validation

@@ -90,6 +90,10 @@ class Method(nn.Module):
         optimizer.step()
         return metrics
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups for the meta-optimizer (one group by default)."""
+        return [{"params": list(self.parameters())}]
+
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Parameter groups whose gradient norms are clipped separately (``train.grad_clip``)."""
         return [list(self.parameters())]

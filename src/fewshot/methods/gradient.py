@@ -397,6 +397,12 @@ class MetaSGD(MAML):
             warnings.warn(f"Meta-SGD learned its step sizes for {inner_steps} inner step(s) but is evaluated with "
                           f"{eval_steps}; learned step sizes applied repeatedly often diverge.", stacklevel=2)
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """θ, and α in a group of its own that is never weight-decayed (step sizes are not weights)."""
+        alpha = {id(p) for p in self.alpha.parameters()}
+        return [{"params": [p for p in self.parameters() if id(p) not in alpha]},
+                {"params": list(self.alpha.parameters()), "weight_decay": 0.0}]
+
     def inner_step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:  # noqa: ARG002
         """θ' = θ − α ⊙ ∇L^tr(θ)."""
         return {**params, **{n: params[n] - self.alpha[n.replace(".", "__")] * g for n, g in grads.items()}}
