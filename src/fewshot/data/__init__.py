@@ -8,12 +8,16 @@ from fewshot.data.classdataset import ClassDataset
 from fewshot.data.functions import TaskFamily
 from fewshot.errors import ConfigError
 
-DATASETS = ("omniglot", "orl", "fsdd", "cats_dogs", "synthetic", "attributes", "xlsa17", "sinusoid", "logistic")
+DATASETS = ("omniglot", "orl", "fsdd", "cats_dogs", "synthetic", "attributes", "xlsa17", "sinusoid", "logistic", "sequences")
 
 
 def build_dataset(data: dict[str, Any], part: str) -> "ClassDataset | TaskFamily":
     """The class dataset (or function task family) of one split ``part`` of a config's ``data`` section."""
     name = data["dataset"]
+    if name == "sequences":
+        from fewshot.data.sequences import sequence_family
+
+        return sequence_family(data)
     if name in ("sinusoid", "logistic"):
         from fewshot.data.functions import task_family
 

@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 
 from fewshot.errors import ConfigError
-from fewshot.tasks.batch import TaskBatch
 
 
 @dataclass
@@ -50,7 +49,7 @@ class World:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         return cls(dist.get_rank(), dist.get_world_size())
 
-    def shard(self, batch: TaskBatch) -> TaskBatch:
+    def shard(self, batch):
         """This rank's tasks of a meta-batch: ``rank, rank + size, …``."""
         if self.size == 1:
             return batch
@@ -58,8 +57,8 @@ class World:
             raise ConfigError(f"train.meta_batch={batch.num_tasks} is smaller than the {self.size} processes; "
                               "give every process at least one task.")
         idx = torch.arange(self.rank, batch.num_tasks, self.size)
-        return TaskBatch(**{f.name: (getattr(batch, f.name)[idx] if getattr(batch, f.name) is not None else None)
-                            if f.name != "ways" else batch.ways for f in fields(batch)})
+        return type(batch)(**{f.name: getattr(batch, f.name)[idx] if isinstance(getattr(batch, f.name), torch.Tensor)
+                              else getattr(batch, f.name) for f in fields(batch)})
 
     def reduce_gradients(self, params, local_tasks: int, total_tasks: int) -> None:
         """grad ← Σ_ranks (Bᵣ/B)·gradᵣ for every parameter (zeros for parameters without a gradient)."""

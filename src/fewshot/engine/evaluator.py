@@ -24,13 +24,19 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 def task_scores(outputs: torch.Tensor, batch) -> tuple[str, torch.Tensor]:
     """The metric of a batch and its value per task: ``("accuracy", %)`` for class labels, ``("mse", ·)``
     (mean over query points) for regression targets."""
+    from fewshot.tasks.sequences import SequenceBatch
+
+    if isinstance(batch, SequenceBatch):
+        from fewshot.methods.memory import sequence_costs
+
+        return "bit_errors", sequence_costs(outputs, batch)["bit_errors"].cpu()
     if batch.query_y.is_floating_point():
         return "mse", ((outputs.float() - batch.query_y.float()) ** 2).flatten(1).mean(1).cpu()
     return "accuracy", accuracy(outputs.float(), batch.query_y).cpu() * 100
 
 
 #: metrics where lower is better (model selection inverts them)
-LOWER_IS_BETTER = {"mse"}
+LOWER_IS_BETTER = {"mse", "bit_errors"}
 
 
 def input_range(dataset) -> tuple[float, float]:

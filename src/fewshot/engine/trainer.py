@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from fewshot.data import build_dataset
+from fewshot.data.sequences import SequenceFamily
 from fewshot.engine.checkpoint import load_checkpoint, save_checkpoint
 from fewshot.engine.config import dump_config
 from fewshot.engine.distributed import World
@@ -272,6 +273,9 @@ class Trainer:
 def check_eval_settings(config: dict[str, Any], test_data) -> None:
     """Refuse impossible test settings (before training, not after)."""
     ev = config["eval"]
+    if isinstance(test_data, SequenceFamily):
+        for length in ev["lengths"]:
+            test_data.at_length(length)  # refuses lengths < 1
     for w in ev["ways"]:
         for s in ev["shots"]:
             make_sampler(test_data, w, s, ev["queries"], name="eval", **sampler_options(config, "eval"))
@@ -319,6 +323,8 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
     device = torch.device(config["device"])
     data = build_dataset(config["data"], config["data"]["test_part"])
     settings = [(w, s) for s in ev["shots"] for w in ev["ways"]]
+    if isinstance(data, SequenceFamily):
+        settings = [(0, length) for length in (ev["lengths"] or [data.max_length])]
     options = sampler_options(config, "eval")
     check_eval_settings(config, data)
     if model is None:
@@ -344,6 +350,11 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
         t = time.perf_counter()
         r = evaluate(model, data, w, s, ev["queries"], ev["tasks"], ev["seed"], ev["batch_tasks"], device, **options)
         key = f"k{s}" if r["metric"] == "mse" else f"{w}w{s}s"
+        if isinstance(data, SequenceFamily):  # sequence tasks: one bucket per evaluation length
+            key, length = f"L{s}", s
+            r = evaluate(model, data.at_length(length), 0, 0, 0, ev["tasks"], ev["seed"], ev["batch_tasks"], device)
+            r["values"] = {"wrong_bit_fraction": round(r["mean"] / (length * data.width), 5), "length": length,
+                           "training_lengths": [data.min_length, data.max_length]}
         summaries.append({
             "name": f"{prefix}-{key}", "method": config["method"], "dataset": config["data"]["dataset"],
             "split": config["data"]["split"], "ways": w, "shots": s, "queries": ev["queries"],
@@ -354,6 +365,8 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
             "machine": machine_summary(config["threads"], config["device"]), "config": config.get("source"),
             "seed": config["seed"], "eval_seed": ev["seed"], "eval_seconds": round(time.perf_counter() - t, 1),
             "revision": env.get("revision") or git_revision(), "run": run_dir.name})
+        if "values" in r:
+            summaries[-1]["values"] = r["values"]
         if "curve" in r:  # metric after every inner step at test time (gradient-based methods)
             summaries[-1]["values"] = {"curve": r["curve"]}
             final = summaries[-1]

@@ -3,5 +3,7 @@
 from fewshot.tasks.batch import TaskBatch
 from fewshot.tasks.functions import FunctionSampler
 from fewshot.tasks.sampler import EpisodeSampler, check_task_settings, make_sampler
+from fewshot.tasks.sequences import SequenceBatch, SequenceSampler
 
-__all__ = ["EpisodeSampler", "FunctionSampler", "TaskBatch", "check_task_settings", "make_sampler"]
+__all__ = ["EpisodeSampler", "FunctionSampler", "SequenceBatch", "SequenceSampler", "TaskBatch", "check_task_settings",
+           "make_sampler"]

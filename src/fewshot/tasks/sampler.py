@@ -288,6 +288,12 @@ def make_sampler(data, ways: int, shots: int, queries: int, batch_size: int = 1,
     :class:`~fewshot.tasks.functions.FunctionSampler` over a function task family (sinusoid, logistic)."""
     if isinstance(data, ClassDataset):
         return EpisodeSampler(data, ways, shots, queries, batch_size, seed, **options)
+    from fewshot.data.sequences import SequenceFamily
+
+    if isinstance(data, SequenceFamily):  # ways / shots / queries do not apply to sequences
+        from fewshot.tasks.sequences import SequenceSampler
+
+        return SequenceSampler(data, batch_size, seed, **options)
     from fewshot.tasks.functions import FunctionSampler
 
     return FunctionSampler(data, ways, shots, queries, batch_size, seed, **options)

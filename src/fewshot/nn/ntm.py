@@ -1,0 +1,138 @@
+"""The Neural Turing Machine (Graves, Wayne & Danihelka 2014) as a sequence module.
+
+Step order (the paper is silent; fixed here as in snowkylin/ntm and Collier & Beel): controller on
+[x_t, r_{t−1}] → head parameters → addressing against M_{t−1} → read r_t from M_{t−1} → write M_t →
+output y_t = W_o[c_t, r_t] (``output_from="controller_and_reads"``) or W_o c_t (``"controller"``).
+Memory operations are the equation functions of :mod:`fewshot.nn.memory`.
+
+Two layouts:
+
+* ``paper`` (Collier & Beel's reliable defaults): heads read the controller output h_t; a read head
+  emits key (tanh), β (softplus), g (sigmoid), shift (softmax over −S..S) and γ (1 + softplus); a write
+  head adds erase e (sigmoid) and add a (tanh); raw head parameters clipped to ±``clip``; memory
+  initialized to the constant 1e-6, reads to 0, weightings one-hot on slot 0, controller state 0.
+* ``reverse_code`` (parity with the NTM reverse code, ``spec/memory.md`` §1.5): one read + one write head,
+  each a Linear(controller → 2W + 6) driven by the LSTM **cell** state; erase and add merged as
+  M ← w·a + (1 − w)·M; memory reset to sigmoid of a learned Linear(1 → N·W) at 0, h and c to learned
+  Linear(1 → H) at 0, head weightings to 0 and reads to 0 (the reverse code draws random reads at every
+  reset; ours are deterministic). Parameter counts match the code's m1/m2/m3 (68,580 / 211,780 / 89,940).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewshot.errors import ConfigError
+from fewshot.nn import memory as mem
+
+LAYOUTS = ("paper", "reverse_code")
+ADDRESSING = ("content", "location", "content_and_location")
+
+
+class NTM(nn.Module):
+    """A Neural Turing Machine over sequences ``x [B, T, input_size]`` → logits ``[B, T, output_size]``."""
+
+    def __init__(self, input_size: int, output_size: int, controller: str = "lstm", controller_size: int = 100,
+                 memory_slots: int = 128, memory_width: int = 20, read_heads: int = 1, write_heads: int = 1,
+                 shift_range: int = 1, addressing: str = "content_and_location",
+                 output_from: str = "controller_and_reads", layout: str = "paper", clip: float = 20.0) -> None:
+        super().__init__()
+        if layout not in LAYOUTS or addressing not in ADDRESSING or controller not in ("lstm", "feedforward"):
+            raise ConfigError(f"NTM needs model.layout in {LAYOUTS}, model.addressing in {ADDRESSING} and "
+                              f"model.controller lstm or feedforward (got {layout!r}, {addressing!r}, {controller!r}).")
+        if output_from not in ("controller", "controller_and_reads"):
+            raise ConfigError("model.output_from must be controller or controller_and_reads.")
+        if 2 * shift_range >= memory_slots:
+            raise ConfigError(f"model.shift_range={shift_range} needs more than {2 * shift_range} memory slots.")
+        if layout == "reverse_code" and (controller != "lstm" or read_heads != 1 or write_heads != 1):
+            raise ConfigError("the reverse_code layout has an LSTM controller with one read and one write head.")
+        self.n, self.w, self.s = memory_slots, memory_width, shift_range
+        self.reads, self.writes, self.layout = read_heads, write_heads, layout
+        self.addressing, self.output_from, self.clip = addressing, output_from, clip
+        self.controller_kind, self.hidden = controller, controller_size
+        cin = input_size + read_heads * memory_width
+        if controller == "lstm":
+            self.controller = nn.LSTMCell(cin, controller_size)
+        else:
+            self.controller = nn.Sequential(nn.Linear(cin, controller_size), nn.ReLU())
+        addr = memory_width + 3 + (2 * shift_range + 1)  # key, β, g, shift, γ
+        if layout == "reverse_code":
+            self.read_params = nn.ModuleList([nn.Linear(controller_size, 2 * memory_width + 2 * shift_range + 4)])
+            self.write_params = nn.ModuleList([nn.Linear(controller_size, 2 * memory_width + 2 * shift_range + 4)])
+            self.memory_init = nn.Linear(1, memory_slots * memory_width)
+            self.h_init, self.c_init = nn.Linear(1, controller_size), nn.Linear(1, controller_size)
+        else:
+            self.read_params = nn.ModuleList(nn.Linear(controller_size, addr) for _ in range(read_heads))
+            self.write_params = nn.ModuleList(nn.Linear(controller_size, addr + 2 * memory_width)
+                                              for _ in range(write_heads))
+        out_in = controller_size + (read_heads * memory_width if output_from == "controller_and_reads" else 0)
+        self.output = nn.Linear(out_in, output_size)
+
+    # -- state ---------------------------------------------------------------------------------
+    def initial_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        zeros = torch.zeros(batch, 1, device=device, dtype=dtype)
+        if self.layout == "reverse_code":
+            memory = torch.sigmoid(self.memory_init(zeros)).view(batch, self.n, self.w)
+            h, c = self.h_init(zeros), self.c_init(zeros)
+            weights = torch.zeros(batch, self.reads + self.writes, self.n, device=device, dtype=dtype)
+        else:
+            memory = torch.full((batch, self.n, self.w), 1e-6, device=device, dtype=dtype)
+            h = c = torch.zeros(batch, self.hidden, device=device, dtype=dtype)
+            weights = torch.zeros(batch, self.reads + self.writes, self.n, device=device, dtype=dtype)
+            weights[..., 0] = 1.0
+        reads = torch.zeros(batch, self.reads, self.w, device=device, dtype=dtype)
+        return {"memory": memory, "h": h, "c": c, "weights": weights, "reads": reads}
+
+    def _head(self, raw: torch.Tensor, previous: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Addressing for one head from its raw parameters ``[B, P]``; returns (weighting ``[B, N]``, rest)."""
+        raw = raw.clamp(-self.clip, self.clip)
+        w, s = self.w, 2 * self.s + 1
+        key = torch.tanh(raw[:, :w])
+        beta = F.softplus(raw[:, w])
+        gate = torch.sigmoid(raw[:, w + 1])
+        shift = torch.softmax(raw[:, w + 2: w + 2 + s], -1)
+        gamma = 1 + F.softplus(raw[:, w + 2 + s])
+        weights = mem.address(key[:, None], beta[:, None], gate[:, None], shift[:, None], gamma[:, None],
+                              previous[:, None], memory, self.addressing)[:, 0]
+        return weights, raw[:, w + 3 + s:]
+
+    def step(self, x: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One time step: ``x [B, input_size]`` → (logits ``[B, output_size]``, new state)."""
+        memory, previous = state["memory"], state["weights"]
+        inp = torch.cat([x, state["reads"].flatten(1)], -1)
+        if self.controller_kind == "lstm":
+            h, c = self.controller(inp, (state["h"], state["c"]))
+        else:
+            h = c = self.controller(inp)
+        drive = c if self.layout == "reverse_code" else h
+        read_w = [self._head(p(drive), previous[:, i], memory)[0] for i, p in enumerate(self.read_params)]
+        writes = [self._head(p(drive), previous[:, self.reads + i], memory) for i, p in enumerate(self.write_params)]
+        read_w = torch.stack(read_w, 1)  # [B, R, N]
+        reads = mem.read(memory, read_w)  # from M_{t−1}
+        write_w = torch.stack([wt for wt, _ in writes], 1)  # [B, K, N]
+        extra = torch.stack([rest for _, rest in writes], 1)
+        if self.layout == "reverse_code":  # M ← w·a + (1 − w)·M: erase vector of ones
+            erase, add = torch.ones_like(extra[..., : self.w]), extra[..., : self.w]
+        else:
+            erase, add = torch.sigmoid(extra[..., : self.w]), torch.tanh(extra[..., self.w: 2 * self.w])
+        memory = mem.write(memory, write_w, erase, add)
+        features = torch.cat([h, reads.flatten(1)], -1) if self.output_from == "controller_and_reads" else h
+        new = {"memory": memory, "h": h, "c": c, "weights": torch.cat([read_w, write_w], 1), "reads": reads}
+        return self.output(features), new
+
+    def forward(self, x: torch.Tensor, record: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits ``[B, T, output_size]``; with ``record`` also the read and write weightings ``[B, T, heads, N]``."""
+        state = self.initial_state(x.shape[0], x.device, x.dtype)
+        outs, weights = [], []
+        for t in range(x.shape[1]):
+            y, state = self.step(x[:, t], state)
+            outs.append(y)
+            if record:
+                weights.append(state["weights"].detach())
+        logits = torch.stack(outs, 1)
+        if not record:
+            return logits
+        w = torch.stack(weights, 1)
+        return logits, {"read": w[:, :, : self.reads], "write": w[:, :, self.reads:]}
