@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
                        "noise": 1.0, "permute": False, "seed": 0},
         # function task families (sinusoid regression, logistic tasks; spec/datasets.md §7)
         "functions": {"variant": "maml", "x_range": [-5.0, 5.0], "dim": 50, "sigma": 1.0, "seed": 0},
+        # labelled-sequence episodes (MANN, Santoro et al. 2016): steps, balanced | iid labels, augmentation
+        "episodes": {"length": 50, "labels": "balanced", "rotate": False, "translate": 0},
         # NTM algorithmic tasks (copy, reverse, copy_reverse_layout, repeat_copy, associative_recall); lengths inclusive
         "sequences": {"task": "copy", "width": 8, "min_length": 1, "max_length": 20, "min_repeats": 1,
                       "max_repeats": 10, "item_length": 3},
@@ -75,7 +77,8 @@ DEFAULTS: dict[str, Any] = {
              "checkpoint": "best", "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False,
              "report_steps": [],
              "attack": "none", "attack_eps": [], "pgd_steps": 10,
-             "lengths": []},  # sequence tasks: evaluate at these lengths (default: the training maximum)  # robustness: fgsm | pgd at each ε  # methods that adapt at test time: also report the metric after these inner steps
+             "lengths": [],
+             "report_instances": [1, 2, 3, 4, 5, 10]},  # labelled sequences: per-instance accuracy rows  # sequence tasks: evaluate at these lengths (default: the training maximum)  # robustness: fgsm | pgd at each ε  # methods that adapt at test time: also report the metric after these inner steps
     "reproduce": {"prefix": None, "paper": {}},
 }
 

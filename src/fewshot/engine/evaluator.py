@@ -24,8 +24,10 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 def task_scores(outputs: torch.Tensor, batch) -> tuple[str, torch.Tensor]:
     """The metric of a batch and its value per task: ``("accuracy", %)`` for class labels, ``("mse", ·)``
     (mean over query points) for regression targets."""
-    from fewshot.tasks.sequences import SequenceBatch
+    from fewshot.tasks.sequences import LabelSequenceBatch, SequenceBatch
 
+    if isinstance(batch, LabelSequenceBatch):
+        return "accuracy", (outputs.argmax(-1) == batch.labels).float().mean(1).cpu() * 100
     if isinstance(batch, SequenceBatch):
         from fewshot.methods.memory import sequence_costs
 
@@ -69,6 +71,7 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
     model.eval()
     adapts = getattr(model, "needs_grad_at_test", False)
     per_step: list[list[torch.Tensor]] = []
+    instances: list[torch.Tensor] = []  # labelled sequences: accuracy per presentation of a label
     metric = "accuracy"
     clip = input_range(dataset)
     if attack != "none":
@@ -80,6 +83,10 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
                 if attack != "none":
                     batch.query_x = attack_queries(model, batch, attack, attack_eps, clip, pgd_steps)
                 outputs = model.predict_steps(batch) if adapts else [model.predict(batch)]
+                if hasattr(batch, "labels") and hasattr(batch, "images"):
+                    from fewshot.methods.memory import instance_accuracy
+
+                    instances.append(instance_accuracy(outputs[-1].float(), batch))
                 for j, out in enumerate(outputs):
                     metric, scores = task_scores(out, batch)
                     if len(per_step) <= j:
@@ -91,6 +98,14 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
     mean, ci = stats[-1]
     result = {"ways": ways, "shots": shots, "queries": queries, "tasks": tasks, "seed": seed, "metric": metric,
               "mean": round(mean, 4 if metric == "mse" else 3), "ci95": round(ci, 4 if metric == "mse" else 3)}
+    if instances:
+        table = torch.cat(instances)
+        cols = [table[:, k][~table[:, k].isnan()] for k in range(table.shape[1])]
+        result["values"] = {"instance_accuracy": {
+            "instance": list(range(1, table.shape[1] + 1)),
+            "mean": [round(float(c.mean()), 3) if len(c) else None for c in cols],
+            "ci95": [round(mean_ci95(c)[1], 3) if len(c) > 1 else None for c in cols],
+            "episodes": [int(len(c)) for c in cols]}}
     if len(stats) > 1:
         result["curve"] = {"steps": list(range(len(stats))), "mean": [round(m, 4) for m, _ in stats],
                            "ci95": [round(c, 4) for _, c in stats]}

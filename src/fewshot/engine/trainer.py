@@ -299,9 +299,15 @@ def check_disjoint(config: dict[str, Any], train, val, test) -> None:
 def sampler_options(config: dict[str, Any], section: str) -> dict[str, Any]:
     """The :class:`EpisodeSampler` options of a config section (``train``, ``val`` or ``eval``)."""
     sec, data = config[section], config["data"]
-    return {"unlabeled": sec["unlabeled"], "distractors": sec["distractors"], "labeled_fraction": data["labeled_fraction"],
-            "pool_seed": data["pool_seed"], "groups": sec["groups"], "same_items": sec["same_items"],
-            "affine": sec.get("affine", False), "downsample": sec.get("downsample", 0.0)}
+    options = {"unlabeled": sec["unlabeled"], "distractors": sec["distractors"],
+               "labeled_fraction": data["labeled_fraction"], "pool_seed": data["pool_seed"], "groups": sec["groups"],
+               "same_items": sec["same_items"], "affine": sec.get("affine", False),
+               "downsample": sec.get("downsample", 0.0)}
+    from fewshot.methods import METHODS
+
+    if getattr(METHODS[config["method"]], "task_kind", "episodes") == "label_sequence":
+        options["sequence"] = data["episodes"]
+    return options
 
 
 def _main_thread() -> bool:
@@ -367,6 +373,15 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
             "revision": env.get("revision") or git_revision(), "run": run_dir.name})
         if "values" in r:
             summaries[-1]["values"] = r["values"]
+        if "instance_accuracy" in r.get("values", {}):  # MANN: one row per reported presentation
+            inst = r["values"]["instance_accuracy"]
+            base = summaries[-1]
+            base["name"], key = f"{prefix}-{w}w", f"{w}w"
+            for k in ev["report_instances"]:
+                if k <= len(inst["mean"]) and inst["mean"][k - 1] is not None:
+                    summaries.append({**base, "name": f"{prefix}-{key}-inst{k}", "metric": f"instance_{k}_accuracy",
+                                      "mean": inst["mean"][k - 1], "ci95": inst["ci95"][k - 1],
+                                      "paper": config["reproduce"]["paper"].get(f"{key}-inst{k}")})
         if "curve" in r:  # metric after every inner step at test time (gradient-based methods)
             summaries[-1]["values"] = {"curve": r["curve"]}
             final = summaries[-1]

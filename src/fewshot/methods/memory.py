@@ -64,3 +64,69 @@ class NTMModel(Method):
         costs = sequence_costs(logits.detach(), batch)
         return loss, {"loss": float(loss.detach()), "bits_per_sequence": float(costs["bits"].mean()),
                       "bit_errors": float(costs["bit_errors"].mean())}
+
+
+class MANNModel(Method):
+    """MANN with LRUA memory (Santoro et al. 2016) on labelled-sequence episodes, or its LSTM baseline
+    (``memory: false``). Cross-entropy over every step of the episode (mean over batch × time)."""
+
+    name: ClassVar[str] = "mann"
+    task_kind: ClassVar[str] = "label_sequence"
+    defaults: ClassVar[dict[str, Any]] = {"backbone": "mann", "norm": "none", "controller_size": 200,
+                                          "memory_slots": 128, "memory_width": 40, "heads": 4, "gamma": 0.95,
+                                          "memory": True, "controller_input": "reads", "write_vector": "separate",
+                                          "lu_assignment": "per_head", "read_on": "after_write"}
+
+    def __init__(self, net: "MANN") -> None:
+        super().__init__()
+        self.net = net
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], item_shape: tuple[int, ...]) -> "MANNModel":
+        from fewshot.nn.mann import MANN
+
+        m = config["model"]
+        size = 1
+        for s in item_shape:
+            size *= s
+        for section in ("val", "eval"):
+            ways = config[section]["ways"] if section == "val" else config["eval"]["ways"]
+            for w in ways if isinstance(ways, list) else [ways]:
+                if w != config["train"]["ways"]:
+                    raise ConfigError(f"MANN has {config['train']['ways']} output classes (train.ways); set "
+                                      f"{section}.ways to {config['train']['ways']} (got {w}).")
+        keys = [k for k in cls.defaults if k not in ("backbone", "norm", "width", "hidden")]
+        return cls(MANN(size, config["train"]["ways"], **{k: m[k] for k in keys}))
+
+    def logits(self, batch) -> torch.Tensor:
+        return self.net(batch.images, batch.labels)
+
+    def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.logits(batch)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.labels.flatten())
+        correct = (logits.detach().argmax(-1) == batch.labels).float()
+        from fewshot.tasks.sequences import instance_index
+
+        idx = instance_index(batch.labels)
+        metrics = {"loss": float(loss.detach()), "accuracy": float(correct.mean())}
+        for k in (1, 2, 5, 10):
+            sel = idx == k
+            if sel.any():
+                metrics[f"instance_{k}"] = float(correct[sel].mean())
+        return loss, metrics
+
+
+def instance_accuracy(logits: torch.Tensor, batch, max_instance: int = 10) -> torch.Tensor:
+    """Per episode, accuracy (%) at the k-th presentation of its label, k = 1..``max_instance``:
+    ``[B, max_instance]`` with NaN where an episode has no k-th presentation."""
+    from fewshot.tasks.sequences import instance_index
+
+    correct = (logits.argmax(-1) == batch.labels).float()
+    idx = instance_index(batch.labels)
+    out = torch.full((len(correct), max_instance), float("nan"))
+    for k in range(1, max_instance + 1):
+        sel = (idx == k).float()
+        count = sel.sum(1)
+        acc = (correct * sel).sum(1) / count.clamp_min(1) * 100
+        out[:, k - 1] = torch.where(count > 0, acc.cpu(), torch.tensor(float("nan")))
+    return out

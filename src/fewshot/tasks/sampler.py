@@ -286,6 +286,17 @@ def check_task_settings(dataset: ClassDataset, ways: int, shots: int, queries: i
 def make_sampler(data, ways: int, shots: int, queries: int, batch_size: int = 1, seed: int = 0, **options):
     """The sampler for ``data``: :class:`EpisodeSampler` over a class dataset, or
     :class:`~fewshot.tasks.functions.FunctionSampler` over a function task family (sinusoid, logistic)."""
+    sequence = options.pop("sequence", None)
+    if sequence is not None:  # Santoro et al.'s labelled sequences over the classes of ``data``
+        from fewshot.tasks.sequences import LabelSequenceSampler
+
+        name = options.get("name", "task")
+        used = [k for k, v in options.items() if k not in ("name", "pool_seed", "labeled_fraction")
+                and v not in (0, 0.0, False, "none", None)]
+        if used:
+            raise DataError(f"{name}.{used[0]} does not apply to labelled-sequence episodes; remove it from the config.")
+        return LabelSequenceSampler(data, ways, sequence["length"], batch_size, seed, sequence["labels"],
+                                    sequence["rotate"], sequence["translate"], name=name)
     if isinstance(data, ClassDataset):
         return EpisodeSampler(data, ways, shots, queries, batch_size, seed, **options)
     from fewshot.data.sequences import SequenceFamily

@@ -58,3 +58,102 @@ class SequenceSampler:
             batch = self.sample(min(self.batch_size, left))
             left -= batch.num_tasks
             yield batch
+
+
+@dataclass
+class LabelSequenceBatch:
+    """Santoro et al.'s episodes: ``images [B, T, *item]`` shown one per step, ``labels [B, T]`` (episode
+    labels 0..N−1, shuffled per episode); the model sees the label of step t − 1 at step t."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    ways: int
+
+    @property
+    def num_tasks(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str, memory_format: torch.memory_format | None = None) -> "LabelSequenceBatch":  # noqa: ARG002
+        return LabelSequenceBatch(self.images.to(device), self.labels.to(device), self.ways)
+
+
+def instance_index(labels: torch.Tensor) -> torch.Tensor:
+    """For ``labels [B, T]``: how many times the label of step t has been shown up to and including t
+    (1 = first presentation) — the index of the per-instance accuracy."""
+    one_hot = torch.nn.functional.one_hot(labels, int(labels.max()) + 1)
+    return (one_hot.cumsum(1) * one_hot).sum(-1)
+
+
+class LabelSequenceSampler:
+    """Episodes of ``length`` steps over ``ways`` classes drawn without replacement from a class dataset.
+
+    ``labels="balanced"``: exactly length/ways items per class, shuffled (the paper: 5 classes × 10
+    instances); ``"iid"``: each step's class uniform (the MANN TF code). Items of a class are distinct.
+    ``rotate``: each class rotated by a random multiple of 90°; ``translate``: each image shifted by a
+    random integer offset in [−translate, translate] pixels (zero fill).
+    """
+
+    def __init__(self, dataset, ways: int = 5, length: int = 50, batch_size: int = 1, seed: int = 0,
+                 labels: str = "balanced", rotate: bool = False, translate: int = 0, name: str = "task") -> None:
+        if labels not in ("balanced", "iid"):
+            raise DataError(f"{name} label sampling must be balanced or iid (got {labels!r}).")
+        if ways > dataset.num_classes:
+            raise DataError(f"{name} episodes need {ways} classes but the split has {dataset.num_classes}.")
+        per = -(-length // ways) if labels == "balanced" else length
+        if labels == "balanced" and length % ways:
+            raise DataError(f"balanced {name} episodes need a length divisible by the {ways} classes (got {length}).")
+        if per > dataset.min_count and labels == "balanced":
+            raise DataError(f"{name} episodes show each class {per} times but some classes have only "
+                            f"{dataset.min_count} items; use shorter episodes or fewer instances.")
+        self.dataset, self.ways, self.length, self.batch_size = dataset, ways, length, batch_size
+        self.labels_mode, self.rotate, self.translate = labels, rotate, translate
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+    def _episode(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ds, g, n, t = self.dataset, self.generator, self.ways, self.length
+        classes = torch.rand(ds.num_classes, generator=g).argsort()[:n]
+        if self.labels_mode == "balanced":
+            labels = torch.arange(n).repeat_interleave(t // n)[torch.rand(t, generator=g).argsort()]
+        else:
+            labels = torch.randint(0, n, (t,), generator=g)
+        images = torch.empty(t, *ds.item_shape, dtype=ds.images.dtype)
+        for k in range(n):
+            steps = (labels == k).nonzero().flatten()
+            count = int(ds.counts[classes[k]])
+            picks = torch.rand(count, generator=g).argsort()[: len(steps)] if len(steps) <= count else \
+                torch.randint(0, count, (len(steps),), generator=g)
+            images[steps] = ds.images[ds.offsets[classes[k]] + picks]
+        x = ds.to_float(images)
+        if self.rotate:
+            turns = torch.randint(0, 4, (n,), generator=g)[labels]
+            for r in (1, 2, 3):
+                sel = turns == r
+                if sel.any():
+                    x[sel] = torch.rot90(x[sel], r, dims=(-2, -1))
+        if self.translate:
+            shifts = torch.randint(-self.translate, self.translate + 1, (t, 2), generator=g)
+            out = torch.zeros_like(x)
+            h, w = x.shape[-2:]
+            for i, (dy, dx) in enumerate(shifts.tolist()):
+                ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+                xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+                out[i, ..., yd, xd] = x[i, ..., ys, xs]
+            x = out
+        return x, labels
+
+    def sample(self, batch_size: int | None = None) -> LabelSequenceBatch:
+        eps = [self._episode() for _ in range(batch_size or self.batch_size)]
+        return LabelSequenceBatch(torch.stack([e[0] for e in eps]), torch.stack([e[1] for e in eps]), self.ways)
+
+    def fixed_tasks_iter(self, count: int) -> Iterator[LabelSequenceBatch]:
+        left = count
+        while left > 0:
+            batch = self.sample(min(self.batch_size, left))
+            left -= batch.num_tasks
+            yield batch

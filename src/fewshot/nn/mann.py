@@ -1,0 +1,112 @@
+"""Memory-augmented neural network with least-recently-used access (Santoro et al., ICML 2016).
+
+Per step (the MANN TF code's order): controller on [x_t, one-hot label of step t−1, feedback] →
+per head key k, add vector a (tanh) and write gate α → zero the least-used slot (from w^u_{t−1}) →
+write w^w_t = σ(α) w^r_{t−1} + (1 − σ(α)) w^lu_{t−1} with a_t (or k_t) → read w^r_t = softmax_i K(k_t, M(i))
+(no key strength) → usage w^u_t = γ w^u_{t−1} + Σ w^r_t + Σ w^w_t → output W_o [h_t, r_t]. Equations are
+the functions of :mod:`fewshot.nn.memory`.
+
+Every way the paper and the public codes differ is a switch (``spec/memory.md`` §2.3):
+``controller_input`` (``reads`` r_{t−1} as in the paper, or ``read_weights`` w^r_{t−1} as the MANN TF code),
+``write_vector`` (``key`` as in the paper, or a ``separate`` add vector as the codes), ``lu_assignment``
+(``per_head``: head i writes to the i-th least-used slot; ``summed``: every head gets the sum of the n
+least-used one-hots), ``read_on`` (``after_write``: read weights and content from M_t; ``before_write``:
+weights against M_{t−1}, content from M_t, as the TF code). ``memory=False`` is the LSTM baseline.
+The controller is an LSTM with one bias per gate (as the reference codes), so parameter counts match them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fewshot.errors import ConfigError
+from fewshot.nn import memory as mem
+
+
+class LSTMCell1Bias(nn.Module):
+    """An LSTM cell with one bias per gate (TensorFlow's BasicLSTMCell): gates = W [x, h] + b."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(input_size + hidden_size, 4 * hidden_size)
+        self.hidden_size = hidden_size
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        h, c = state
+        i, f, g, o = self.linear(torch.cat([x, h], -1)).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class MANN(nn.Module):
+    """LRUA memory network over labelled sequences: images ``[B, T, D]`` and labels ``[B, T]`` → logits ``[B, T, N]``."""
+
+    def __init__(self, input_size: int, classes: int, controller_size: int = 200, memory_slots: int = 128,
+                 memory_width: int = 40, heads: int = 4, gamma: float = 0.95, memory: bool = True,
+                 controller_input: str = "reads", write_vector: str = "separate", lu_assignment: str = "per_head",
+                 read_on: str = "after_write") -> None:
+        super().__init__()
+        choices = {"controller_input": (controller_input, ("reads", "read_weights")),
+                   "write_vector": (write_vector, ("key", "separate")),
+                   "lu_assignment": (lu_assignment, ("per_head", "summed")),
+                   "read_on": (read_on, ("after_write", "before_write"))}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"model.{key} must be one of {allowed} (got {value!r}).")
+        if memory and heads > memory_slots:
+            raise ConfigError(f"model.heads={heads} needs at least as many memory slots (got {memory_slots}).")
+        self.classes, self.n, self.w, self.heads, self.gamma, self.memory = classes, memory_slots, memory_width, heads, gamma, memory
+        self.controller_input, self.write_vector, self.lu_assignment, self.read_on = controller_input, write_vector, lu_assignment, read_on
+        feedback = 0 if not memory else heads * (memory_width if controller_input == "reads" else memory_slots)
+        self.controller = LSTMCell1Bias(input_size + classes + feedback, controller_size)
+        if memory:
+            self.head_params = nn.ModuleList(nn.Linear(controller_size, 2 * memory_width + 1) for _ in range(heads))
+            for p in self.head_params.parameters():
+                nn.init.uniform_(p, -0.1, 0.1)
+        self.output = nn.Linear(controller_size + (heads * memory_width if memory else 0), classes)
+        self.hidden = controller_size
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        b, t = labels.shape
+        x = images.reshape(b, t, -1)
+        prev_label = torch.nn.functional.one_hot(labels, self.classes).to(x.dtype)
+        prev_label = torch.cat([torch.zeros_like(prev_label[:, :1]), prev_label[:, :-1]], 1)  # step 0: zero label
+        h = c = x.new_zeros(b, self.hidden)
+        if self.memory:
+            memory = x.new_full((b, self.n, self.w), 1e-6)
+            usage = x.new_zeros(b, self.n)
+            usage[:, 0] = 1.0  # one-hot at slot 0: deterministic first choice (ties)
+            read_w = x.new_zeros(b, self.heads, self.n)
+            read_w[..., 0] = 1.0
+            reads = x.new_zeros(b, self.heads, self.w)
+        outs = []
+        for step in range(t):
+            parts = [x[:, step], prev_label[:, step]]
+            if self.memory:
+                parts.append(reads.flatten(1) if self.controller_input == "reads" else read_w.flatten(1))
+            h, c = self.controller(torch.cat(parts, -1), (h, c))
+            if not self.memory:
+                outs.append(self.output(h))
+                continue
+            raw = torch.stack([p(h) for p in self.head_params], 1)  # [B, H, 2W + 1]
+            key, add, alpha = torch.tanh(raw[..., : self.w]), torch.tanh(raw[..., self.w: 2 * self.w]), raw[..., -1]
+            lu = mem.least_used(usage, self.heads)  # w^lu_{t−1}: the n least-used slots of w^u_{t−1}
+            if self.lu_assignment == "per_head":  # head i → the i-th least-used slot
+                order = torch.sort(usage, dim=-1, stable=True).indices[:, : self.heads]
+                lu_heads = torch.nn.functional.one_hot(order, self.n).to(x.dtype)  # [B, H, N]
+            else:
+                lu_heads = lu.unsqueeze(1).expand(-1, self.heads, -1)
+            g = torch.sigmoid(alpha).unsqueeze(-1)
+            write_w = g * read_w + (1 - g) * lu_heads  # σ(α) w^r_{t−1} + (1 − σ(α)) w^lu_{t−1}
+            least = mem.least_used(usage, 1)  # zero the single least-used slot before writing
+            previous = memory
+            memory = mem.zero_least_used(memory, least)
+            vector = key if self.write_vector == "key" else add
+            memory = memory + write_w.transpose(1, 2) @ vector
+            basis = memory if self.read_on == "after_write" else previous
+            read_w = torch.softmax(mem.cosine_similarity(key, basis), -1)  # no key strength
+            reads = mem.read(memory, read_w)
+            usage = mem.lrua_usage(usage, read_w, write_w, self.gamma)
+            outs.append(self.output(torch.cat([h, reads.flatten(1)], -1)))
+        return torch.stack(outs, 1)

@@ -1,0 +1,97 @@
+"""MANN with LRUA memory: labelled-sequence episodes, per-instance accuracy, reference parameter counts, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewshot.data.synthetic import gaussian_classes
+from fewshot.engine.config import load_config
+from fewshot.errors import ConfigError, DataError
+from fewshot.methods.memory import MANNModel, instance_accuracy
+from fewshot.nn.mann import MANN
+from fewshot.tasks.sequences import LabelSequenceBatch, LabelSequenceSampler, instance_index
+
+
+def test_instance_index_counts_presentations():
+    labels = torch.tensor([[0, 1, 0, 0, 2, 1]])
+    assert instance_index(labels).tolist() == [[1, 1, 2, 3, 1, 2]]
+
+
+def test_balanced_episodes_distinct_items_and_shuffled_labels():
+    data = gaussian_classes("train", classes=100, examples=20, nuisance=0)
+    sampler = LabelSequenceSampler(data, ways=5, length=50, batch_size=8, seed=0)
+    batch = sampler.sample()
+    assert batch.images.shape == (8, 50, 16) and batch.labels.shape == (8, 50)
+    for e in range(8):
+        assert torch.bincount(batch.labels[e], minlength=5).tolist() == [10] * 5
+        for k in range(5):  # ten distinct items of one class per label
+            items = batch.images[e][batch.labels[e] == k]
+            assert len(torch.unique(items, dim=0)) == 10
+    # per-episode label shuffling: the label of a step is not a function of its position
+    assert len({tuple(batch.labels[e, :10].tolist()) for e in range(8)}) > 1
+    iid = LabelSequenceSampler(data, 5, 50, 4, seed=0, labels="iid").sample()
+    assert iid.labels.shape == (4, 50)
+    again = LabelSequenceSampler(data, 5, 50, 8, seed=0).sample()
+    assert torch.equal(again.images, batch.images)  # seeded
+    with pytest.raises(DataError, match="divisible"):
+        LabelSequenceSampler(data, 5, 52)
+    with pytest.raises(DataError, match="only 20 items"):
+        LabelSequenceSampler(data, 2, 50)
+
+
+def test_rotation_and_translation_augment_images():
+    data = gaussian_classes("train", classes=20, examples=20, dim=16, nuisance=0, image=True)
+    plain = LabelSequenceSampler(data, 2, 4, 1, seed=1).sample()
+    moved = LabelSequenceSampler(data, 2, 4, 1, seed=1, translate=2, rotate=True).sample()
+    assert moved.images.shape == plain.images.shape == (1, 4, 1, 4, 4)
+
+
+@pytest.mark.parametrize("feedback,count", [("reads", 679729), ("read_weights", 961329)])
+def test_parameter_counts_of_the_reference_layouts(feedback, count):
+    assert sum(p.numel() for p in MANN(400, 5, controller_input=feedback).parameters()) == count
+
+
+def test_per_instance_accuracy_with_missing_instances():
+    batch = LabelSequenceBatch(torch.zeros(2, 3, 1), torch.tensor([[0, 0, 1], [1, 0, 1]]), 2)
+    logits = torch.tensor([[[1.0, 0], [0, 1.0], [0, 1.0]], [[0, 1.0], [1.0, 0], [1.0, 0]]])
+    acc = instance_accuracy(logits, batch, max_instance=3)
+    assert acc[0, :2].tolist() == [100.0, 0.0] and acc[1, :2].tolist() == [100.0, 0.0]
+    assert torch.isnan(acc[:, 2]).all()
+
+
+def test_mann_learns_a_small_labelled_sequence_task():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        train = gaussian_classes("train", classes=200, nuisance=0, noise=0.1, dim=8)
+        test = gaussian_classes("test", classes=200, nuisance=0, noise=0.1, dim=8)
+        sampler = LabelSequenceSampler(train, 2, 10, 32, seed=0)
+        batch = LabelSequenceSampler(test, 2, 10, 200, seed=3).sample()
+        model = MANNModel(MANN(8, 2, controller_size=32, memory_slots=8, memory_width=8, heads=1))
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        for _ in range(400):
+            model.train_step(sampler.sample(), opt)
+        later = instance_accuracy(model.predict(batch), batch).nanmean(0)[1:5]
+        assert float(later.mean()) > 85, later  # chance: 50 %
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_mann_config_trains_and_reports_instances(tmp_path):
+    from fewshot.engine.trainer import Trainer
+
+    config = load_config("mann/omniglot", ["data.dataset=synthetic", "data.episodes.rotate=false",
+                                           "data.episodes.translate=0", "data.episodes.length=10",
+                                           "model.controller_size=8", "model.memory_slots=8", "model.memory_width=4",
+                                           "model.heads=1", "train.meta_batch=2", "train.episodes=4", "val.every=2",
+                                           "val.tasks=4", "eval.tasks=6", "train.tensorboard=false"])
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.fit()
+    names = [r["name"] for r in trainer.test()["test"]]
+    assert names[0] == "mann-omniglot-5w" and "mann-omniglot-5w-inst2" in names and "mann-omniglot-5w-inst10" not in names
+    with pytest.raises(ConfigError, match="output classes"):
+        from fewshot.methods import build_method
+
+        build_method(load_config("mann/omniglot", ["eval.ways=[15]"]), (1, 20, 20))
