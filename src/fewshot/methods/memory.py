@@ -130,3 +130,85 @@ def instance_accuracy(logits: torch.Tensor, batch, max_instance: int = 10) -> to
         acc = (correct * sel).sum(1) / count.clamp_min(1) * 100
         out[:, k - 1] = torch.where(count > 0, acc.cpu(), torch.tensor(float("nan")))
     return out
+
+
+SHARPEN = ("softabs", "softmax", "abs", "cosh")
+KEYS = ("fp", "bipolar", "binary")
+
+
+def softabs(x: torch.Tensor, steepness: float = 10.0) -> torch.Tensor:
+    """softabs(α) = σ(β(α − 0.5)) + σ(β(−α − 0.5)), β = ``steepness`` (Karunaratne et al. 2021): ≈ |α| away
+    from 0, near zero for quasi-orthogonal keys of either sign."""
+    return torch.sigmoid(steepness * (x - 0.5)) + torch.sigmoid(steepness * (-x - 0.5))
+
+
+class BATMANN(Method):
+    """Binarized key-value memory MANN, after Karunaratne et al., Nat. Commun. 12:2468 (2021).
+
+    A CNN controller maps images to d-dimensional keys; the support set is written as an explicit key-value
+    memory (keys: support features, values: one-hot labels), rebuilt every episode. Training read:
+    α = cosine(q, K), w = s(α) / Σ s(α) with the sharpening s (``softabs``, ``softmax`` = exp, ``abs``; ``cosh`` is
+    the BATMANN code's exponential "softabs", a labelled parity option), class scores w·V used as logits for
+    cross-entropy (as the code). Inference (``model.eval()``): keys and queries as ``fp`` features,
+    ``bipolar`` sign(·) ∈ {−1, +1} or ``binary`` (sign + 1)/2 ∈ {0, 1}; similarity = (1/d) q·k (bipolar),
+    1/2 + (1/(2d)) q·k (binary) or cosine (fp); no sharpening; scores = similarity·V.
+    ``train_keys=bipolar`` stores sign()-ed support keys during training too (binarized controllers).
+    """
+
+    name: ClassVar[str] = "batmann"
+    defaults: ClassVar[dict[str, Any]] = {"backbone": "batmann", "norm": "none", "dim": 512, "width": 128,
+                                          "binarize": "none", "first_last": "fp", "sharpen": "softabs",
+                                          "steepness": 10.0, "train_keys": "fp", "infer_keys": "bipolar"}
+
+    def __init__(self, controller: torch.nn.Module, dim: int = 512, sharpen: str = "softabs", steepness: float = 10.0,
+                 train_keys: str = "fp", infer_keys: str = "bipolar") -> None:
+        super().__init__()
+        if sharpen not in SHARPEN or train_keys not in ("fp", "bipolar") or infer_keys not in KEYS:
+            raise ConfigError(f"BATMANN needs model.sharpen in {SHARPEN}, model.train_keys fp or bipolar and "
+                              f"model.infer_keys in {KEYS} (got {sharpen!r}, {train_keys!r}, {infer_keys!r}).")
+        self.encoder, self.dim, self.sharpen, self.steepness = controller, dim, sharpen, steepness
+        self.train_keys, self.infer_keys = train_keys, infer_keys
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], item_shape: tuple[int, ...]) -> "BATMANN":
+        from fewshot.nn.binary import BatmannController
+
+        m = config["model"]
+        if len(item_shape) != 3:
+            raise ConfigError("BATMANN's controller needs image items [C, H, W] (e.g. Omniglot at data.image_size=32).")
+        controller = BatmannController(item_shape[0], item_shape[-1], m["dim"], m["width"], m["binarize"], m["first_last"])
+        return cls(controller, m["dim"], m["sharpen"], m["steepness"], m["train_keys"], m["infer_keys"])
+
+    def _sharpen(self, a: torch.Tensor) -> torch.Tensor:
+        if self.sharpen == "softabs":
+            return softabs(a, self.steepness)
+        if self.sharpen == "softmax":
+            return a.exp()
+        if self.sharpen == "cosh":  # the BATMANN code's exp(β(α − 0.5)) + exp(β(−α − 0.5)) ∝ cosh(βα)
+            return torch.exp(self.steepness * (a - 0.5)) + torch.exp(self.steepness * (-a - 0.5))
+        return a.abs()
+
+    def logits(self, batch) -> torch.Tensor:
+        from fewshot.nn.binary import sign_activation
+
+        ns = batch.support_x.shape[1]
+        z = self.encode(self.encoder, torch.cat([batch.support_x, batch.query_x], 1))
+        keys, queries = z[:, :ns], z[:, ns:]
+        values = F.one_hot(batch.support_y, batch.ways).to(z.dtype)  # [B, n, N]
+        if self.training:
+            if self.train_keys == "bipolar":
+                keys = sign_activation(keys)
+            sims = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).transpose(1, 2)
+            s = self._sharpen(sims)
+            w = s / s.sum(-1, keepdim=True).clamp_min(1e-12)
+            return w @ values
+        if self.infer_keys == "fp":
+            sims = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).transpose(1, 2)
+        else:
+            kq, kk = sign_activation(queries), sign_activation(keys)
+            if self.infer_keys == "bipolar":
+                sims = kq @ kk.transpose(1, 2) / self.dim
+            else:
+                kq, kk = (kq + 1) / 2, (kk + 1) / 2
+                sims = 0.5 + kq @ kk.transpose(1, 2) / (2 * self.dim)
+        return sims @ values

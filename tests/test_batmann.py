@@ -1,0 +1,99 @@
+"""BATMANN: softabs, straight-through estimators, 8-bit quantization, the controller, key-value memory reads."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fewshot.data.synthetic import gaussian_classes
+from fewshot.errors import ConfigError
+from fewshot.methods.memory import BATMANN, softabs
+from fewshot.nn.binary import (BatmannController, XNORConv2d, XNORLinear, fake_quantize, sign_activation,
+                               sign_weight)
+from fewshot.tasks import make_sampler
+
+
+def test_softabs_is_the_sigmoid_form():
+    s = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    for a in (-1.0, -0.3, 0.0, 0.2, 0.9):
+        expected = s(10 * (a - 0.5)) + s(10 * (-a - 0.5))
+        assert float(softabs(torch.tensor(a))) == pytest.approx(expected, rel=1e-6)
+    assert float(softabs(torch.tensor(0.0))) < 0.014 and float(softabs(torch.tensor(1.0))) > 0.99
+
+
+def test_straight_through_estimators():
+    w = torch.tensor([-2.0, -0.5, 0.0, 0.3, 4.0], requires_grad=True)
+    out = sign_weight(w)
+    assert out.tolist() == [-1, -1, 1, 1, 1]
+    out.backward(torch.tensor([3.0, -0.2, 0.5, -5.0, 1.0]))
+    torch.testing.assert_close(w.grad, torch.tensor([1.0, -0.2, 0.5, -1.0, 1.0]))  # gradient clamped to [−1, 1]
+    x = torch.tensor([-2.0, -0.5, 0.3, 1.0], requires_grad=True)
+    sign_activation(x).backward(torch.ones(4))
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]  # zero where |x| ≥ 1
+
+
+def test_fake_quantization_has_127_levels_and_identity_gradient():
+    w = torch.linspace(-1, 1, 1001, requires_grad=True)
+    q = fake_quantize(w)
+    assert len(torch.unique(q.detach())) == 255 and float(q.detach().abs().max()) == pytest.approx(1.0)
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_xnor_layers_use_signs_and_per_channel_scales():
+    conv = XNORConv2d(2, 3, 3)
+    x = torch.randn(2, 2, 5, 5)
+    out = conv(x)
+    assert out.shape == (2, 3, 3, 3) and conv.scale.shape == (3,)
+    lin = XNORLinear(4, 2)
+    y = lin(torch.randn(3, 4))
+    # binary inputs and binary weights: each output is a multiple of its scale (± up to the fan-in) plus bias
+    units = (y - lin.bias) / lin.scale
+    assert torch.allclose(units, units.round(), atol=1e-4)
+
+
+def test_controller_parameter_count_and_shapes():
+    c = BatmannController()
+    assert sum(p.numel() for p in c.parameters()) == 1757312
+    assert c(torch.rand(2, 1, 32, 32)).shape == (2, 512)
+    assert BatmannController(binarize="xnor", first_last="int8")(torch.rand(2, 1, 32, 32)).shape == (2, 512)
+    with pytest.raises(ConfigError, match="32"):
+        BatmannController(size=12)
+
+
+def test_training_and_inference_reads_hand_computed():
+    from fewshot.tasks import TaskBatch
+
+    model = BATMANN(nn.Identity(), dim=2, sharpen="abs")
+    # keys k0 = [1, −1] (label 0), k1 = [1, 1] (label 1); query q = [2, 0.5]
+    batch = TaskBatch(torch.tensor([[[1.0, -1.0], [1.0, 1.0]]]), torch.tensor([[0, 1]]),
+                      torch.tensor([[[2.0, 0.5]]]), torch.tensor([[1]]), 2)
+    model.train()  # |cos| = 1.5/√8.5 and 2.5/√8.5, normalized
+    torch.testing.assert_close(model.logits(batch)[0, 0], torch.tensor([0.375, 0.625]))
+    model.eval()  # bipolar: sign(q) = [1, 1]; (1/d) q·k = 0 and 1
+    torch.testing.assert_close(model.logits(batch)[0, 0], torch.tensor([0.0, 1.0]))
+    model.infer_keys = "binary"  # {0, 1}: q = [1, 1], k0 = [1, 0], k1 = [1, 1]; 1/2 + q·k/(2d) = 0.75 and 1
+    torch.testing.assert_close(model.logits(batch)[0, 0], torch.tensor([0.75, 1.0]))
+    model.infer_keys, model.training = "fp", False
+    torch.testing.assert_close(model.logits(batch)[0, 0], torch.tensor([1.5, 2.5]) / math.sqrt(8.5))
+
+
+def test_batmann_learns_a_synthetic_task_and_survives_bipolar_inference():
+    torch.manual_seed(0)
+    train = gaussian_classes("train", classes=200, nuisance=16, noise=0.3)
+    test = gaussian_classes("test", classes=200, nuisance=16, noise=0.3)
+    encoder = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64))
+    model = BATMANN(encoder, dim=64)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    sampler = make_sampler(train, 5, 1, 5, batch_size=4, seed=0)
+    for _ in range(300):
+        model.train_step(sampler.sample(), opt)
+    from fewshot.engine.evaluator import evaluate
+
+    bipolar = evaluate(model, test, 5, 1, 5, 100, seed=1)["mean"]
+    model.infer_keys = "fp"
+    full = evaluate(model, test, 5, 1, 5, 100, seed=1)["mean"]
+    assert full > 70 and bipolar > 60, (full, bipolar)  # chance: 20 %
