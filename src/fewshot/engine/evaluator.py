@@ -82,7 +82,7 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
                 batch = batch.to(device, memory_format)
                 if attack != "none":
                     batch.query_x = attack_queries(model, batch, attack, attack_eps, clip, pgd_steps)
-                outputs = model.predict_steps(batch) if adapts else [model.predict(batch)]
+                outputs = model.predict_steps(batch) if hasattr(model, "predict_steps") else [model.predict(batch)]
                 if hasattr(batch, "labels") and hasattr(batch, "images"):
                     from fewshot.methods.memory import instance_accuracy
 

@@ -7,6 +7,7 @@ from fewshot.methods.base import Method, accuracy
 from fewshot.methods.adversarial import ADML
 from fewshot.methods.gradient import CAVIA, MAML, MetaSGD, Reptile
 from fewshot.methods.memory import BATMANN, MANNModel, NTMModel
+from fewshot.methods.metanet import MetaNetwork
 from fewshot.methods.metric import GaussianProtoNet, MatchingNet, ProtoNet
 from fewshot.methods.relation import RelationNet
 from fewshot.methods.semisupervised import SemiSupervisedProtoNet
@@ -15,9 +16,9 @@ from fewshot.methods.zeroshot import ZeroShotProtoNet, ZeroShotRelationNet
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (ProtoNet, MatchingNet, GaussianProtoNet, RelationNet,
                                                         SemiSupervisedProtoNet, SiameseNet, ZeroShotProtoNet,
-                                                        ZeroShotRelationNet, MAML, MetaSGD, CAVIA, Reptile, ADML, NTMModel, MANNModel, BATMANN)}
+                                                        ZeroShotRelationNet, MAML, MetaSGD, CAVIA, Reptile, ADML, NTMModel, MANNModel, BATMANN, MetaNetwork)}
 
-__all__ = ["ADML", "BATMANN", "CAVIA", "MAML", "Reptile", "METHODS", "GaussianProtoNet", "MANNModel", "MetaSGD", "NTMModel", "MatchingNet", "Method", "ProtoNet", "RelationNet", "SemiSupervisedProtoNet", "SiameseNet", "ZeroShotProtoNet", "ZeroShotRelationNet", "accuracy"]
+__all__ = ["ADML", "BATMANN", "CAVIA", "MAML", "Reptile", "METHODS", "GaussianProtoNet", "MANNModel", "MetaNetwork", "MetaSGD", "NTMModel", "MatchingNet", "Method", "ProtoNet", "RelationNet", "SemiSupervisedProtoNet", "SiameseNet", "ZeroShotProtoNet", "ZeroShotRelationNet", "accuracy"]
 
 
 def build_method(config: dict, item_shape: tuple[int, ...]) -> Method:

@@ -1,0 +1,77 @@
+"""Meta Networks: gradient preprocessing, constant meta information, zero-start fast weights, output heads, learning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fewshot.data.synthetic import gaussian_classes
+from fewshot.engine.evaluator import evaluate
+from fewshot.errors import ConfigError
+from fewshot.methods.metanet import MetaNetwork, preprocess_gradient
+from fewshot.tasks import make_sampler
+
+
+def test_gradient_preprocessing_hand_values():
+    g = torch.tensor([1.0, -1e-3, 0.0, 2e-4], dtype=torch.float64)
+    out = preprocess_gradient(g)
+    assert out.shape == (4, 2)
+    assert float(out[0, 0]) == pytest.approx(0.0) and float(out[0, 1]) == 1.0
+    assert float(out[1, 0]) == pytest.approx(math.log(1e-3) / 7) and float(out[1, 1]) == -1.0  # e⁷·g clipped
+    assert float(out[2, 0]) == -1.0 and float(out[2, 1]) == 0.0  # log term clamped at −1, no NaN at 0
+    assert float(out[3, 0]) == -1.0 and float(out[3, 1]) == pytest.approx(2e-4 * math.exp(7))
+
+
+def small(ways_test: int = 5) -> MetaNetwork:
+    return MetaNetwork(1, 5, ways_test, width=8, depth=3, feature=8, chunks=2)
+
+
+def batch_of(data, ways: int, shots: int = 1):
+    return make_sampler(data, ways, shots, 3, seed=0).sample()
+
+
+def test_fast_weights_start_at_zero_and_meta_information_is_constant():
+    torch.manual_seed(0)
+    data = gaussian_classes("train", classes=60, dim=64, nuisance=0, image=True)
+    model = small()
+    batch = batch_of(data, 5)
+    fast = model._example_fast_weights(batch.support_x[0], batch.support_y[0], "ways_train")
+    assert all(float(w.detach().abs().max()) == 0 for w in fast.values())
+    plain = model.base(batch.query_x[0], None, "ways_train")
+    torch.testing.assert_close(model.logits(batch)[0], plain)
+    # the gradients used as inputs are detached: no path from the fast weights back to the slow weights
+    grads = torch.autograd.grad(sum(w.sum() for w in fast.values()), list(model.base.parameters()), allow_unused=True)
+    assert all(g is None for g in grads)
+    task = model._task_fast_weights(batch.support_x[0], batch.support_y[0], "ways_train")
+    grads = torch.autograd.grad(sum(w.sum() for w in task.values()), list(model.key.parameters()), allow_unused=True)
+    assert all(g is None for g in grads)
+
+
+def test_separate_output_layers_for_test_ways_and_any_shot():
+    data = gaussian_classes("train", classes=60, dim=64, nuisance=0, image=True)
+    model = small(ways_test=20)
+    assert model.logits(batch_of(data, 20, shots=3)).shape == (1, 60, 20)
+    assert model.logits(batch_of(data, 5)).shape == (1, 15, 5)
+    with pytest.raises(ConfigError, match="7-way"):
+        model.logits(batch_of(data, 7))
+
+
+def test_meta_network_learns_unseen_classes_far_above_chance():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        train = gaussian_classes("train", classes=200, dim=64, nuisance=0, noise=0.5, image=True)
+        test = gaussian_classes("test", classes=200, dim=64, nuisance=0, noise=0.5, image=True)
+        model = MetaNetwork(1, 5, 5, width=16, depth=3, feature=16, chunks=5)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        sampler = make_sampler(train, 5, 1, 5, seed=0)
+        for _ in range(120):
+            model.train_step(sampler.sample(), opt)
+        # the output layer cannot know an episode's random labels without the support set: above chance means
+        # the fast weights carry it
+        assert evaluate(model, test, 5, 1, 5, 50, seed=1)["mean"] > 50  # chance: 20 %
+    finally:
+        torch.set_num_threads(old)
