@@ -95,3 +95,13 @@ def test_mann_config_trains_and_reports_instances(tmp_path):
         from fewshot.methods import build_method
 
         build_method(load_config("mann/omniglot", ["eval.ways=[15]"]), (1, 20, 20))
+
+
+def test_instance_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fewshot.engine.plots import instance_figure
+
+    summary = {"values": {"instance_accuracy": {"instance": [1, 2, 3], "mean": [30.0, 80.0, None],
+                                                "ci95": [2.0, 1.0, None], "episodes": [10, 10, 0]}}}
+    path = instance_figure(summary, tmp_path / "inst.png")
+    assert path.stat().st_size > 1000

@@ -109,3 +109,19 @@ def test_ntm_trains_and_tests_through_the_engine(tmp_path):
     assert [r["name"] for r in results] == ["ntm-copy-L3", "ntm-copy-L6"]
     assert results[0]["metric"] == "bit_errors" and 0 <= results[1]["values"]["wrong_bit_fraction"] <= 1
     assert "best_val_bit_errors" in (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_plot_command_draws_the_ntm_weightings(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fewshot.cli import main
+    from fewshot.engine.trainer import Trainer
+
+    config = load_config("ntm/copy", ["data.sequences.width=3", "data.sequences.max_length=3", "model.memory_slots=8",
+                                      "model.memory_width=4", "model.controller_size=8", "train.meta_batch=2",
+                                      "train.episodes=2", "val.every=2", "val.tasks=2", "eval.tasks=2",
+                                      "train.tensorboard=false"])
+    Trainer(config, tmp_path / "run", progress=False).fit()
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    image = tmp_path / "run" / "ntm_weightings.png"
+    assert image.exists() and image.stat().st_size > 1000
+    assert main(["plot", str(tmp_path / "nothing")]) == 2

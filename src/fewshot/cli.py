@@ -165,6 +165,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
         write_json(Path(args.output), result)
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    from fewshot.engine.plots import plot_run
+
+    run = Path(args.run)
+    if not (run / "config.yaml").exists():
+        raise FewshotError(f"{run} is not a run folder (no config.yaml); give the folder `fewshot train` wrote.")
+    for path in plot_run(run, Path(args.out) if args.out else None):
+        print(f"written: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fewshot", description="Meta-learning that trains for real.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -202,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="methods, shipped configs and reproductions")
     ls.set_defaults(func=cmd_list)
+
+    pl = sub.add_parser("plot", help="figures of a run (NTM weightings, MANN per-instance accuracy, t-SNE of features)")
+    pl.add_argument("run", help="run folder")
+    pl.add_argument("--out", help="folder for the figures (default: the run folder)")
+    pl.set_defaults(func=cmd_plot)
 
     b = sub.add_parser("bench", help="training throughput: ours vs a plain PyTorch loop, same run")
     b.add_argument("method")
