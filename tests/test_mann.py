@@ -105,3 +105,20 @@ def test_instance_figure(tmp_path):
                                                 "ci95": [2.0, 1.0, None], "episodes": [10, 10, 0]}}}
     path = instance_figure(summary, tmp_path / "inst.png")
     assert path.stat().st_size > 1000
+
+
+def test_five_character_string_labels():
+    data = gaussian_classes("train", classes=100, examples=20, nuisance=0)
+    batch = LabelSequenceSampler(data, 15, 30, 3, seed=0, strings=True).sample()
+    assert batch.strings.shape == (3, 15, 5) and int(batch.strings.max()) <= 4
+    for e in range(3):  # distinct strings per episode
+        assert len({tuple(r) for r in batch.strings[e].tolist()}) == 15
+    model = MANNModel(MANN(16, 15, controller_size=8, memory_slots=8, memory_width=4, heads=1, five_hot=True))
+    assert model.net.output.out_features == 25 and model.net.controller.linear.in_features == 16 + 25 + 4 + 8
+    scores = model.logits(batch)
+    assert scores.shape == (3, 30, 16)  # 15 classes + "no class of the episode"
+    assert torch.equal(scores.sum(-1), torch.ones(3, 30))
+    loss, metrics = model.loss(batch)
+    assert loss.requires_grad and 0 <= metrics["accuracy"] <= 1
+    with pytest.raises(ConfigError, match="strings"):
+        model.net(batch.images, batch.labels)

@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
         # function task families (sinusoid regression, logistic tasks; spec/datasets.md §7)
         "functions": {"variant": "maml", "x_range": [-5.0, 5.0], "dim": 50, "sigma": 1.0, "seed": 0},
         # labelled-sequence episodes (MANN, Santoro et al. 2016): steps, balanced | iid labels, augmentation
-        "episodes": {"length": 50, "labels": "balanced", "rotate": False, "translate": 0},
+        "episodes": {"length": 50, "labels": "balanced", "rotate": False, "translate": 0, "strings": False},
         # NTM algorithmic tasks (copy, reverse, copy_reverse_layout, repeat_copy, associative_recall); lengths inclusive
         "sequences": {"task": "copy", "width": 8, "min_length": 1, "max_length": 20, "min_repeats": 1,
                       "max_repeats": 10, "item_length": 3},

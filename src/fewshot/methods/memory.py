@@ -75,7 +75,7 @@ class MANNModel(Method):
     defaults: ClassVar[dict[str, Any]] = {"backbone": "mann", "norm": "none", "controller_size": 200,
                                           "memory_slots": 128, "memory_width": 40, "heads": 4, "gamma": 0.95,
                                           "memory": True, "controller_input": "reads", "write_vector": "separate",
-                                          "lu_assignment": "per_head", "read_on": "after_write"}
+                                          "lu_assignment": "per_head", "read_on": "after_write", "five_hot": False}
 
     def __init__(self, net: "MANN") -> None:
         super().__init__()
@@ -99,11 +99,24 @@ class MANNModel(Method):
         return cls(MANN(size, config["train"]["ways"], **{k: m[k] for k in keys}))
 
     def logits(self, batch) -> torch.Tensor:
-        return self.net(batch.images, batch.labels)
+        """Class scores ``[B, T, N]``; five-hot: 1 for the class whose string all five decoded characters name,
+        in an extra column N (never a label) when the decoded string names no class of the episode."""
+        out = self.net(batch.images, batch.labels, batch.strings)
+        if not self.net.five_hot:
+            return out
+        decoded = out.view(*out.shape[:2], 5, 5).argmax(-1)  # [B, T, 5]
+        match = (decoded[:, :, None] == batch.strings[:, None]).all(-1).float()  # [B, T, N]
+        return torch.cat([match, 1 - match.amax(-1, keepdim=True)], -1)
 
     def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.logits(batch)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.labels.flatten())
+        if self.net.five_hot:  # cross-entropy of each of the five characters
+            out = self.net(batch.images, batch.labels, batch.strings)
+            chars = torch.gather(batch.strings, 1, batch.labels[..., None].expand(-1, -1, 5))
+            loss = F.cross_entropy(out.view(-1, 5).float(), chars.flatten())
+            logits = self.logits(batch).detach()
+        else:
+            logits = self.logits(batch)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.labels.flatten())
         correct = (logits.detach().argmax(-1) == batch.labels).float()
         from fewshot.tasks.sequences import instance_index
 

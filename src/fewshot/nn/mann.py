@@ -45,8 +45,10 @@ class MANN(nn.Module):
     def __init__(self, input_size: int, classes: int, controller_size: int = 200, memory_slots: int = 128,
                  memory_width: int = 40, heads: int = 4, gamma: float = 0.95, memory: bool = True,
                  controller_input: str = "reads", write_vector: str = "separate", lu_assignment: str = "per_head",
-                 read_on: str = "after_write") -> None:
+                 read_on: str = "after_write", five_hot: bool = False) -> None:
         super().__init__()
+        self.five_hot = five_hot  # labels as five characters of an alphabet of 5: 25-d input and output
+        label_size = 25 if five_hot else classes
         choices = {"controller_input": (controller_input, ("reads", "read_weights")),
                    "write_vector": (write_vector, ("key", "separate")),
                    "lu_assignment": (lu_assignment, ("per_head", "summed")),
@@ -59,18 +61,25 @@ class MANN(nn.Module):
         self.classes, self.n, self.w, self.heads, self.gamma, self.memory = classes, memory_slots, memory_width, heads, gamma, memory
         self.controller_input, self.write_vector, self.lu_assignment, self.read_on = controller_input, write_vector, lu_assignment, read_on
         feedback = 0 if not memory else heads * (memory_width if controller_input == "reads" else memory_slots)
-        self.controller = LSTMCell1Bias(input_size + classes + feedback, controller_size)
+        self.controller = LSTMCell1Bias(input_size + label_size + feedback, controller_size)
         if memory:
             self.head_params = nn.ModuleList(nn.Linear(controller_size, 2 * memory_width + 1) for _ in range(heads))
             for p in self.head_params.parameters():
                 nn.init.uniform_(p, -0.1, 0.1)
-        self.output = nn.Linear(controller_size + (heads * memory_width if memory else 0), classes)
+        self.output = nn.Linear(controller_size + (heads * memory_width if memory else 0), label_size)
         self.hidden = controller_size
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, strings: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, T, classes]`` (or ``[B, T, 25]``: five groups of 5 characters, with ``strings [B, N, 5]``)."""
         b, t = labels.shape
         x = images.reshape(b, t, -1)
-        prev_label = torch.nn.functional.one_hot(labels, self.classes).to(x.dtype)
+        if self.five_hot:
+            if strings is None:
+                raise ConfigError("a five-hot MANN needs string labels: set data.episodes.strings=true.")
+            chars = torch.gather(strings, 1, labels[..., None].expand(-1, -1, 5))  # [B, T, 5]
+            prev_label = torch.nn.functional.one_hot(chars, 5).flatten(2).to(x.dtype)
+        else:
+            prev_label = torch.nn.functional.one_hot(labels, self.classes).to(x.dtype)
         prev_label = torch.cat([torch.zeros_like(prev_label[:, :1]), prev_label[:, :-1]], 1)  # step 0: zero label
         h = c = x.new_zeros(b, self.hidden)
         if self.memory:

@@ -296,7 +296,8 @@ def make_sampler(data, ways: int, shots: int, queries: int, batch_size: int = 1,
         if used:
             raise DataError(f"{name}.{used[0]} does not apply to labelled-sequence episodes; remove it from the config.")
         return LabelSequenceSampler(data, ways, sequence["length"], batch_size, seed, sequence["labels"],
-                                    sequence["rotate"], sequence["translate"], name=name)
+                                    sequence["rotate"], sequence["translate"], name=name,
+                                    strings=sequence.get("strings", False))
     if isinstance(data, ClassDataset):
         return EpisodeSampler(data, ways, shots, queries, batch_size, seed, **options)
     from fewshot.data.sequences import SequenceFamily

@@ -68,13 +68,16 @@ class LabelSequenceBatch:
     images: torch.Tensor
     labels: torch.Tensor
     ways: int
+    #: five-character string labels (Santoro et al.'s second setting): ``[B, N, 5]`` characters 0..4 of each class
+    strings: torch.Tensor | None = None
 
     @property
     def num_tasks(self) -> int:
         return self.images.shape[0]
 
     def to(self, device: torch.device | str, memory_format: torch.memory_format | None = None) -> "LabelSequenceBatch":  # noqa: ARG002
-        return LabelSequenceBatch(self.images.to(device), self.labels.to(device), self.ways)
+        return LabelSequenceBatch(self.images.to(device), self.labels.to(device), self.ways,
+                                  None if self.strings is None else self.strings.to(device))
 
 
 def instance_index(labels: torch.Tensor) -> torch.Tensor:
@@ -94,7 +97,8 @@ class LabelSequenceSampler:
     """
 
     def __init__(self, dataset, ways: int = 5, length: int = 50, batch_size: int = 1, seed: int = 0,
-                 labels: str = "balanced", rotate: bool = False, translate: int = 0, name: str = "task") -> None:
+                 labels: str = "balanced", rotate: bool = False, translate: int = 0, name: str = "task",
+                 strings: bool = False) -> None:
         if labels not in ("balanced", "iid"):
             raise DataError(f"{name} label sampling must be balanced or iid (got {labels!r}).")
         if ways > dataset.num_classes:
@@ -106,7 +110,7 @@ class LabelSequenceSampler:
             raise DataError(f"{name} episodes show each class {per} times but some classes have only "
                             f"{dataset.min_count} items; use shorter episodes or fewer instances.")
         self.dataset, self.ways, self.length, self.batch_size = dataset, ways, length, batch_size
-        self.labels_mode, self.rotate, self.translate = labels, rotate, translate
+        self.labels_mode, self.rotate, self.translate, self.strings = labels, rotate, translate, strings
         self.generator = torch.Generator().manual_seed(seed)
 
     def state_dict(self) -> dict:
@@ -147,9 +151,15 @@ class LabelSequenceSampler:
             x = out
         return x, labels
 
+    def _strings(self) -> torch.Tensor:
+        """``ways`` distinct five-character strings over an alphabet of 5 (one per episode class)."""
+        codes = torch.randperm(5 ** 5, generator=self.generator)[: self.ways]
+        return torch.stack([(codes // 5 ** j) % 5 for j in range(5)], -1)
+
     def sample(self, batch_size: int | None = None) -> LabelSequenceBatch:
         eps = [self._episode() for _ in range(batch_size or self.batch_size)]
-        return LabelSequenceBatch(torch.stack([e[0] for e in eps]), torch.stack([e[1] for e in eps]), self.ways)
+        strings = torch.stack([self._strings() for _ in eps]) if self.strings else None
+        return LabelSequenceBatch(torch.stack([e[0] for e in eps]), torch.stack([e[1] for e in eps]), self.ways, strings)
 
     def fixed_tasks_iter(self, count: int) -> Iterator[LabelSequenceBatch]:
         left = count
