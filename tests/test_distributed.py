@@ -23,7 +23,8 @@ def run_cli(args: list[str], processes: int) -> None:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] \
         if processes > 1 else [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([*launcher, "-m", "fewshot", *args], check=True, env=env, capture_output=True, timeout=300)
+    done = subprocess.run([*launcher, "-m", "fewshot", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("method", ["maml", "reptile"])

@@ -55,9 +55,11 @@ def _train(config: dict[str, Any], out: str | None, resume: str | None, test: bo
     trainer = Trainer(config, run, resume=bool(resume))
     if not trainer.world.main:  # torchrun: the other processes train silently
         trainer.fit()
+        trainer.world.close()
         return run
     print(f"run folder: {run}", flush=True)
     summary = trainer.fit()
+    trainer.world.close()  # rank 0 tests alone, after every process has left the group
     print(f"trained {summary['step']} episodes in {summary['train_seconds']:.0f} s; best validation {summary['metric']} "
           f"{summary['best']:.4g} at episode {summary['best_step']}", flush=True)
     if not summary["completed"] and trainer._stop_requested:

@@ -78,3 +78,10 @@ class World:
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
+
+    def close(self) -> None:
+        """Wait for every process, then leave the process group (a process that exits while another still
+        holds the group open can abort in gloo's teardown)."""
+        if self.size > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
