@@ -250,3 +250,20 @@ def test_semi_supervised_learns_with_unlabelled_items(mode):
         model.train_step(sampler.sample(), opt)
     result = evaluate(model, test, 5, 1, 10, 200, seed=3, unlabeled=3)
     assert result["mean"] > 70.0  # chance 20 %
+
+
+def test_matching_learned_scale_starts_at_the_given_scale_and_trains():
+    from fewshot.methods import MatchingNet
+    from fewshot.nn import MLP
+
+    torch.manual_seed(0)
+    fixed = MatchingNet(MLP(16, (8,), 8), scale=10.0)
+    learned = MatchingNet(MLP(16, (8,), 8), scale=10.0, learn_scale=True)
+    learned.encoder.load_state_dict(fixed.encoder.state_dict())
+    data = gaussian_classes("train", nuisance=0)
+    batch = EpisodeSampler(data, 5, 1, 3, seed=0).sample()
+    torch.testing.assert_close(learned.logits(batch), fixed.logits(batch))
+    loss, _ = learned.loss(batch)
+    loss.backward()
+    assert learned.log_scale.grad is not None and float(learned.log_scale.grad) != 0.0
+    assert "log_scale" not in dict(fixed.named_parameters())

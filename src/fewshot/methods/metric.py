@@ -135,18 +135,25 @@ class MatchingNet(Method):
     with the softmax over *support items* and c the cosine similarity (Eq. 1–2). ``logits`` returns
     log P directly (a logsumexp per class minus the logsumexp over all items), so the loss is the
     negative log-likelihood with no second softmax. ``fce`` adds full context embeddings;
-    ``scale`` (1 in the paper) multiplies the similarities.
+    ``scale`` (1 in the paper) multiplies the similarities; ``learn_scale`` makes it a meta-learned parameter
+    (stored as its logarithm, started at ``scale``) — not in the paper, offered because a fixed cosine scale
+    caps how sharp the attention can be.
     """
 
     name: ClassVar[str] = "matching"
-    defaults: ClassVar[dict[str, Any]] = {"similarity": "cosine", "fce": False, "fce_steps": 5, "scale": 1.0}
+    defaults: ClassVar[dict[str, Any]] = {"similarity": "cosine", "fce": False, "fce_steps": 5, "scale": 1.0,
+                                          "learn_scale": False}
 
     def __init__(self, encoder: nn.Module, similarity: str = "cosine", fce: bool = False, fce_steps: int = 5,
-                 scale: float = 1.0, embed_dim: int | None = None) -> None:
+                 scale: float = 1.0, embed_dim: int | None = None, learn_scale: bool = False) -> None:
         super().__init__()
         if similarity not in SIMILARITIES:
             raise ConfigError(f"unknown similarity {similarity!r} (model.similarity); use one of {SIMILARITIES}.")
-        self.encoder, self.similarity, self.scale = encoder, similarity, scale
+        self.encoder, self.similarity = encoder, similarity
+        if learn_scale and scale <= 0:
+            raise ConfigError(f"a learned model.scale starts at model.scale, which must be positive (got {scale}).")
+        self.log_scale = nn.Parameter(torch.tensor(float(scale)).log()) if learn_scale else None
+        self._scale = scale
         self.fce = FullContextEmbedding(embed_dim or _embed_dim(encoder), fce_steps) if fce else None
 
     @classmethod
@@ -154,7 +161,11 @@ class MatchingNet(Method):
         m = config["model"]
         encoder = cls.build_encoder(config, item_shape)
         dim = _embed_dim(encoder, item_shape)
-        return cls(encoder, m["similarity"], m["fce"], m["fce_steps"], m["scale"], dim)
+        return cls(encoder, m["similarity"], m["fce"], m["fce_steps"], m["scale"], dim, m["learn_scale"])
+
+    @property
+    def scale(self) -> torch.Tensor | float:
+        return self.log_scale.exp() if self.log_scale is not None else self._scale
 
     def logits(self, batch: TaskBatch) -> torch.Tensor:
         """log P(ŷ = k | x̂, S): ``[B, N*Q, N]``."""
