@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import torch
 
 from fewshot.data.functions import TaskFamily
 from fewshot.errors import DataError
+from fewshot.tasks.stream import SeededStream
 from fewshot.tasks.batch import TaskBatch
 
 #: EpisodeSampler options that mean nothing for function tasks, with their neutral values
@@ -16,7 +16,7 @@ NEUTRAL = {"unlabeled": 0, "distractors": 0, "labeled_fraction": 1.0, "groups": 
            "affine": False, "downsample": 0.0, "rotate": "none"}
 
 
-class FunctionSampler:
+class FunctionSampler(SeededStream):
     """Draws batches of ``batch_size`` tasks with ``shots`` support and ``queries`` query points each.
 
     For the 2-way logistic family, ``shots`` and ``queries`` are per label (``2·shots`` support items),
@@ -40,21 +40,9 @@ class FunctionSampler:
         self.per = 1 if family.regression else ways
         self.generator = torch.Generator().manual_seed(seed)
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
     def sample(self, batch_size: int | None = None) -> TaskBatch:
         tasks = [self.family.draw(self.shots * self.per, self.queries * self.per, self.generator)
                  for _ in range(batch_size or self.batch_size)]
         sx, sy, qx, qy = (torch.stack(t) for t in zip(*tasks))
         return TaskBatch(sx, sy, qx, qy, 0 if self.family.regression else self.ways)
 
-    def fixed_tasks_iter(self, count: int) -> Iterator[TaskBatch]:
-        left = count
-        while left > 0:
-            batch = self.sample(min(self.batch_size, left))
-            left -= batch.num_tasks
-            yield batch

@@ -14,18 +14,18 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
-from collections.abc import Iterator
 
 import torch
 
 from fewshot.data.classdataset import ClassDataset
 from fewshot.errors import DataError
+from fewshot.tasks.stream import SeededStream
 from fewshot.tasks.batch import TENSOR_FIELDS, TaskBatch
 
 AUGMENT = ("none", "per_class", "per_task")
 
 
-class EpisodeSampler:
+class EpisodeSampler(SeededStream):
     """Draws :class:`TaskBatch` es of ``batch_size`` tasks.
 
     Args:
@@ -98,16 +98,6 @@ class EpisodeSampler:
         self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
         self.batch_size, self.rotate, self.unlabeled, self.distractors = batch_size, rotate, unlabeled, distractors
         self.generator = torch.Generator().manual_seed(seed)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
-    def __iter__(self) -> Iterator[TaskBatch]:
-        while True:
-            yield self.sample()
 
     def sample(self, batch_size: int | None = None) -> TaskBatch:
         """Draw one batch of tasks.
@@ -185,18 +175,6 @@ class EpisodeSampler:
         if self.rotate == "per_class":
             return torch.randint(0, 4, (count,), generator=self.generator)
         return torch.randint(0, 4, (1,), generator=self.generator).expand(count)
-
-    def fixed_tasks_iter(self, count: int) -> Iterator[TaskBatch]:
-        """``count`` tasks in batches of at most ``batch_size``, drawn from the current generator state.
-
-        A fresh sampler with a given seed yields the same list every time: the fixed, seeded
-        evaluation tasks of the protocol.
-        """
-        left = count
-        while left > 0:
-            batch = self.sample(min(self.batch_size, left))
-            left -= batch.num_tasks
-            yield batch
 
 
 def _rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:

@@ -3,13 +3,13 @@ same contract as the other samplers (``sample()``, ``fixed_tasks_iter()``, ``sta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from fewshot.data.sequences import SequenceFamily
 from fewshot.errors import DataError
+from fewshot.tasks.stream import SeededStream
 
 
 @dataclass
@@ -29,7 +29,7 @@ class SequenceBatch:
         return SequenceBatch(self.inputs.to(device), self.targets.to(device), self.mask.to(device))
 
 
-class SequenceSampler:
+class SequenceSampler(SeededStream):
     """Batches of ``batch_size`` random sequences of a :class:`SequenceFamily`, from a private generator."""
 
     def __init__(self, family: SequenceFamily, batch_size: int = 1, seed: int = 0, name: str = "task", **options) -> None:
@@ -43,21 +43,8 @@ class SequenceSampler:
         self.family, self.batch_size = family, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
     def sample(self, batch_size: int | None = None) -> SequenceBatch:
         return SequenceBatch(*self.family.draw(batch_size or self.batch_size, self.generator))
-
-    def fixed_tasks_iter(self, count: int) -> Iterator[SequenceBatch]:
-        left = count
-        while left > 0:
-            batch = self.sample(min(self.batch_size, left))
-            left -= batch.num_tasks
-            yield batch
 
 
 @dataclass
@@ -87,7 +74,7 @@ def instance_index(labels: torch.Tensor) -> torch.Tensor:
     return (one_hot.cumsum(1) * one_hot).sum(-1)
 
 
-class LabelSequenceSampler:
+class LabelSequenceSampler(SeededStream):
     """Episodes of ``length`` steps over ``ways`` classes drawn without replacement from a class dataset.
 
     ``labels="balanced"``: exactly length/ways items per class, shuffled (the paper: 5 classes × 10
@@ -112,12 +99,6 @@ class LabelSequenceSampler:
         self.dataset, self.ways, self.length, self.batch_size = dataset, ways, length, batch_size
         self.labels_mode, self.rotate, self.translate, self.strings = labels, rotate, translate, strings
         self.generator = torch.Generator().manual_seed(seed)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
 
     def _episode(self) -> tuple[torch.Tensor, torch.Tensor]:
         ds, g, n, t = self.dataset, self.generator, self.ways, self.length
@@ -161,9 +142,3 @@ class LabelSequenceSampler:
         strings = torch.stack([self._strings() for _ in eps]) if self.strings else None
         return LabelSequenceBatch(torch.stack([e[0] for e in eps]), torch.stack([e[1] for e in eps]), self.ways, strings)
 
-    def fixed_tasks_iter(self, count: int) -> Iterator[LabelSequenceBatch]:
-        left = count
-        while left > 0:
-            batch = self.sample(min(self.batch_size, left))
-            left -= batch.num_tasks
-            yield batch
