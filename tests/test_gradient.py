@@ -412,7 +412,7 @@ def test_taml_with_zero_lambda_is_maml_and_its_term_has_a_gradient(taml):
 
 # -- Reptile ------------------------------------------------------------------------------------------
 def test_reptile_update_is_the_interpolation_towards_the_adapted_weights():
-    from fewshot.methods.gradient import Reptile
+    from fewshot.methods.reptile import Reptile
 
     torch.manual_seed(11)
     net = nn.Sequential(nn.Linear(50, 2)).double()
@@ -439,7 +439,7 @@ def test_reptile_update_is_the_interpolation_towards_the_adapted_weights():
 
 
 def test_reptile_evaluation_changes_neither_weights_nor_moments_and_non_transductive_is_per_item():
-    from fewshot.methods.gradient import Reptile
+    from fewshot.methods.reptile import Reptile
 
     torch.manual_seed(12)
     net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8, track_running_stats=False), nn.ReLU(), nn.Linear(8, 2))
@@ -465,7 +465,7 @@ def test_reptile_evaluation_changes_neither_weights_nor_moments_and_non_transduc
 
 
 def test_reptile_beats_random_and_zero_init_on_logistic_tasks():
-    from fewshot.methods.gradient import Reptile
+    from fewshot.methods.reptile import Reptile
 
     torch.manual_seed(13)
     family = TaskFamily("logistic", dim=50, seed=3)

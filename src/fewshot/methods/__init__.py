@@ -5,7 +5,8 @@
 
 from fewshot.methods.base import Method, accuracy
 from fewshot.methods.adversarial import ADML
-from fewshot.methods.gradient import CAVIA, MAML, MetaSGD, Reptile
+from fewshot.methods.gradient import CAVIA, MAML, MetaSGD
+from fewshot.methods.reptile import Reptile
 from fewshot.methods.memory import BATMANN, MANNModel, NTMModel
 from fewshot.methods.metanet import MetaNetwork
 from fewshot.methods.metric import GaussianProtoNet, MatchingNet, ProtoNet
