@@ -72,9 +72,10 @@ DEFAULTS: dict[str, Any] = {
         "tensorboard": True,     # when tensorboard is installed
     },
     "val": {"every": 500, "ways": 5, "shots": 1, "queries": 15, "tasks": 200, "seed": 999, "batch_tasks": 1,
-            "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False},
+            "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False, "downsample": 0.0},
     "eval": {"ways": [5, 20], "shots": [1], "queries": 15, "tasks": 1000, "seed": 1234, "batch_tasks": 1,
              "checkpoint": "best", "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False,
+             "downsample": 0.0,  # damaged test images (Fort 2017's degraded-data comparison)
              "report_steps": [],
              "attack": "none", "attack_eps": [], "pgd_steps": 10,
              "lengths": [],
