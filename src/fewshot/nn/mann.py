@@ -18,6 +18,7 @@ The controller is an LSTM with one bias per gate (as the reference codes), so pa
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fewshot.errors import ConfigError
@@ -34,7 +35,12 @@ class LSTMCell1Bias(nn.Module):
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state
-        i, f, g, o = self.linear(torch.cat([x, h], -1)).chunk(4, -1)
+        return self.from_gates(self.linear(torch.cat([x, h], -1)), c)
+
+    @staticmethod
+    def from_gates(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_t, c_t) from the gate pre-activations [i, f, g, o] and c_{t−1}."""
+        i, f, g, o = gates.chunk(4, -1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
 
@@ -81,34 +87,43 @@ class MANN(nn.Module):
         else:
             prev_label = torch.nn.functional.one_hot(labels, self.classes).to(x.dtype)
         prev_label = torch.cat([torch.zeros_like(prev_label[:, :1]), prev_label[:, :-1]], 1)  # step 0: zero label
+        # The controller's input and label columns do not depend on the recurrence: their share of the gates is
+        # one matmul over all steps, and only the [feedback, h] columns stay in the per-step loop.
+        weight, bias = self.controller.linear.weight, self.controller.linear.bias
+        n_in = x.shape[-1] + prev_label.shape[-1]
+        gates_in = F.linear(torch.cat([x, prev_label], -1), weight[:, :n_in], bias).unbind(1)  # T × [B, 4H]
+        weight_rec = weight[:, n_in:]  # columns of [feedback, h]
         h = c = x.new_zeros(b, self.hidden)
         if self.memory:
+            head_w = torch.cat([p.weight for p in self.head_params])  # all heads in one matmul
+            head_b = torch.cat([p.bias for p in self.head_params])
             memory = x.new_full((b, self.n, self.w), 1e-6)
             usage = x.new_zeros(b, self.n)
             usage[:, 0] = 1.0  # one-hot at slot 0: deterministic first choice (ties)
             read_w = x.new_zeros(b, self.heads, self.n)
             read_w[..., 0] = 1.0
             reads = x.new_zeros(b, self.heads, self.w)
-        outs = []
+        features = []
         for step in range(t):
-            parts = [x[:, step], prev_label[:, step]]
             if self.memory:
-                parts.append(reads.flatten(1) if self.controller_input == "reads" else read_w.flatten(1))
-            h, c = self.controller(torch.cat(parts, -1), (h, c))
-            if not self.memory:
-                outs.append(self.output(h))
-                continue
-            raw = torch.stack([p(h) for p in self.head_params], 1)  # [B, H, 2W + 1]
-            key, add, alpha = torch.tanh(raw[..., : self.w]), torch.tanh(raw[..., self.w: 2 * self.w]), raw[..., -1]
-            lu = mem.least_used(usage, self.heads)  # w^lu_{t−1}: the n least-used slots of w^u_{t−1}
-            if self.lu_assignment == "per_head":  # head i → the i-th least-used slot
-                order = torch.sort(usage, dim=-1, stable=True).indices[:, : self.heads]
-                lu_heads = torch.nn.functional.one_hot(order, self.n).to(x.dtype)  # [B, H, N]
+                feedback = reads.flatten(1) if self.controller_input == "reads" else read_w.flatten(1)
+                recurrent = torch.cat([feedback, h], -1)
             else:
-                lu_heads = lu.unsqueeze(1).expand(-1, self.heads, -1)
+                recurrent = h
+            h, c = self.controller.from_gates(torch.addmm(gates_in[step], recurrent, weight_rec.t()), c)
+            if not self.memory:
+                features.append(h)
+                continue
+            raw = F.linear(h, head_w, head_b).view(b, self.heads, -1)  # [B, H, 2W + 1]
+            key, add, alpha = torch.tanh(raw[..., : self.w]), torch.tanh(raw[..., self.w: 2 * self.w]), raw[..., -1]
+            order = torch.sort(usage, dim=-1, stable=True).indices  # ascending usage w^u_{t−1}
+            if self.lu_assignment == "per_head":  # head i → the i-th least-used slot
+                lu_heads = F.one_hot(order[:, : self.heads], self.n).to(x.dtype)  # [B, H, N]
+            else:  # every head: w^lu_{t−1}, the n least-used slots
+                lu_heads = mem.least_used(usage, self.heads).unsqueeze(1).expand(-1, self.heads, -1)
             g = torch.sigmoid(alpha).unsqueeze(-1)
             write_w = g * read_w + (1 - g) * lu_heads  # σ(α) w^r_{t−1} + (1 − σ(α)) w^lu_{t−1}
-            least = mem.least_used(usage, 1)  # zero the single least-used slot before writing
+            least = F.one_hot(order[:, 0], self.n).to(x.dtype)  # zero the single least-used slot before writing
             previous = memory
             memory = mem.zero_least_used(memory, least)
             vector = key if self.write_vector == "key" else add
@@ -117,5 +132,5 @@ class MANN(nn.Module):
             read_w = torch.softmax(mem.cosine_similarity(key, basis), -1)  # no key strength
             reads = mem.read(memory, read_w)
             usage = mem.lrua_usage(usage, read_w, write_w, self.gamma)
-            outs.append(self.output(torch.cat([h, reads.flatten(1)], -1)))
-        return torch.stack(outs, 1)
+            features.append(torch.cat([h, reads.flatten(1)], -1))
+        return self.output(torch.stack(features, 1))  # W_o [h_t, r_t] for all steps in one matmul
