@@ -2,7 +2,7 @@
 
 Shapes: memory ``M [B, N, W]`` (N slots of width W), weightings ``w [B, N]`` (or ``[B, H, N]`` for H
 heads), keys ``k [B, W]`` (or ``[B, H, W]``). Numerics follow ``spec/memory.md`` §1.7: ε in the cosine
-denominator, sharpening in log space, circular shifts by ``torch.roll`` (any N > 2S).
+denominator, sharpening in log space, circular shifts as one matmul over circularly padded windows (any N > 2S).
 
 Neural Turing Machine (Graves, Wayne & Danihelka 2014, §3):
     (1) read             r_t = Σ_i w_t(i) M_t(i)
@@ -55,7 +55,11 @@ def circular_shift(weights: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     if size % 2 == 0 or 2 * s >= weights.shape[-1]:
         raise ValueError(f"a shift weighting over {size} offsets needs an odd size and fewer than N = "
                          f"{weights.shape[-1]} offsets (shift range S < N/2).")
-    return sum(shift[..., k:k + 1] * torch.roll(weights, k - s, dims=-1) for k in range(size))
+    # Circular padding by S on both sides; window j of the padded weighting holds w((i + j − S) mod N),
+    # so offset o = S − j: one small matmul with the flipped shift weighting instead of 2S + 1 rolls.
+    padded = torch.cat([weights[..., -s:], weights, weights[..., :s]], -1)
+    windows = padded.unfold(-1, weights.shape[-1], 1)  # [..., 2S+1, N]
+    return (shift.flip(-1).unsqueeze(-2) @ windows).squeeze(-2)
 
 
 def sharpen(weights: torch.Tensor, gamma: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -87,7 +91,9 @@ def read(memory: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def write(memory: torch.Tensor, weights: torch.Tensor, erase: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
     """Eqs. (2)–(3) for H write heads (``weights [B, H, N]``, ``erase``/``add [B, H, W]``): all erases
     (their product; the order does not matter), then all adds."""
-    keep = torch.prod(1 - weights.unsqueeze(-1) * erase.unsqueeze(2), dim=1)  # [B, N, W]
+    keep = 1 - weights[:, 0].unsqueeze(-1) * erase[:, :1]  # [B, N, W]; a loop, not torch.prod (its backward is slow)
+    for head in range(1, weights.shape[1]):
+        keep = keep * (1 - weights[:, head].unsqueeze(-1) * erase[:, head: head + 1])
     return memory * keep + weights.transpose(1, 2) @ add
 
 

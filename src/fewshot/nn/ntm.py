@@ -85,21 +85,15 @@ class NTM(nn.Module):
         reads = torch.zeros(batch, self.reads, self.w, device=device, dtype=dtype)
         return {"memory": memory, "h": h, "c": c, "weights": weights, "reads": reads}
 
-    def _head(self, raw: torch.Tensor, previous: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Addressing for one head from its raw parameters ``[B, P]``; returns (weighting ``[B, N]``, rest)."""
-        raw = raw.clamp(-self.clip, self.clip)
-        w, s = self.w, 2 * self.s + 1
-        key = torch.tanh(raw[:, :w])
-        beta = F.softplus(raw[:, w])
-        gate = torch.sigmoid(raw[:, w + 1])
-        shift = torch.softmax(raw[:, w + 2: w + 2 + s], -1)
-        gamma = 1 + F.softplus(raw[:, w + 2 + s])
-        weights = mem.address(key[:, None], beta[:, None], gate[:, None], shift[:, None], gamma[:, None],
-                              previous[:, None], memory, self.addressing)[:, 0]
-        return weights, raw[:, w + 3 + s:]
+    def head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Linear maps of all read then write heads stacked into one (weight, bias): one matmul per step."""
+        heads = list(self.read_params) + list(self.write_params)
+        return torch.cat([p.weight for p in heads]), torch.cat([p.bias for p in heads])
 
-    def step(self, x: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One time step: ``x [B, input_size]`` → (logits ``[B, output_size]``, new state)."""
+    def step(self, x: torch.Tensor, state: dict[str, torch.Tensor],
+             heads: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One time step: ``x [B, input_size]`` → (logits ``[B, output_size]``, new state); ``heads`` is
+        :meth:`head_weights` (computed here when not given)."""
         memory, previous = state["memory"], state["weights"]
         inp = torch.cat([x, state["reads"].flatten(1)], -1)
         if self.controller_kind == "lstm":
@@ -107,27 +101,38 @@ class NTM(nn.Module):
         else:
             h = c = self.controller(inp)
         drive = c if self.layout == "reverse_code" else h
-        read_w = [self._head(p(drive), previous[:, i], memory)[0] for i, p in enumerate(self.read_params)]
-        writes = [self._head(p(drive), previous[:, self.reads + i], memory) for i, p in enumerate(self.write_params)]
-        read_w = torch.stack(read_w, 1)  # [B, R, N]
+        weight, bias = self.head_weights() if heads is None else heads
+        raw = F.linear(drive, weight, bias).clamp(-self.clip, self.clip)  # raw head parameters, clipped
+        b, w, s, r = x.shape[0], self.w, 2 * self.s + 1, self.reads
+        per_read = self.read_params[0].out_features
+        read_raw = raw[:, : r * per_read].view(b, r, per_read)
+        write_raw = raw[:, r * per_read:].view(b, self.writes, -1)
+        addr = torch.cat([read_raw[..., : w + 3 + s], write_raw[..., : w + 3 + s]], 1)  # [B, R + K, W + 3 + 2S + 1]
+        key = torch.tanh(addr[..., :w])
+        beta = F.softplus(addr[..., w])
+        gate = torch.sigmoid(addr[..., w + 1])
+        shift = torch.softmax(addr[..., w + 2: w + 2 + s], -1)
+        gamma = 1 + F.softplus(addr[..., w + 2 + s])
+        weights = mem.address(key, beta, gate, shift, gamma, previous, memory, self.addressing)  # [B, R + K, N]
+        read_w, write_w = weights[:, :r], weights[:, r:]
         reads = mem.read(memory, read_w)  # from M_{t−1}
-        write_w = torch.stack([wt for wt, _ in writes], 1)  # [B, K, N]
-        extra = torch.stack([rest for _, rest in writes], 1)
+        extra = write_raw[..., w + 3 + s:]
         if self.layout == "reverse_code":  # M ← w·a + (1 − w)·M: erase vector of ones
-            erase, add = torch.ones_like(extra[..., : self.w]), extra[..., : self.w]
+            erase, add = torch.ones_like(extra[..., :w]), extra[..., :w]
         else:
-            erase, add = torch.sigmoid(extra[..., : self.w]), torch.tanh(extra[..., self.w: 2 * self.w])
+            erase, add = torch.sigmoid(extra[..., :w]), torch.tanh(extra[..., w: 2 * w])
         memory = mem.write(memory, write_w, erase, add)
         features = torch.cat([h, reads.flatten(1)], -1) if self.output_from == "controller_and_reads" else h
-        new = {"memory": memory, "h": h, "c": c, "weights": torch.cat([read_w, write_w], 1), "reads": reads}
+        new = {"memory": memory, "h": h, "c": c, "weights": weights, "reads": reads}
         return self.output(features), new
 
     def forward(self, x: torch.Tensor, record: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits ``[B, T, output_size]``; with ``record`` also the read and write weightings ``[B, T, heads, N]``."""
         state = self.initial_state(x.shape[0], x.device, x.dtype)
         outs, weights = [], []
-        for t in range(x.shape[1]):
-            y, state = self.step(x[:, t], state)
+        heads = self.head_weights()
+        for x_t in x.unbind(1):
+            y, state = self.step(x_t, state, heads)
             outs.append(y)
             if record:
                 weights.append(state["weights"].detach())
