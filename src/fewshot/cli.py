@@ -156,10 +156,14 @@ def cmd_list(args: argparse.Namespace) -> None:  # noqa: ARG001
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from fewshot.engine.bench import bench
+    from fewshot.engine.bench import bench, step_time
 
-    result = bench(args.method, args.ways, args.shots, args.queries, args.episodes, args.threads or 1,
-                   args.data_dir, args.precision or "bf16", args.warmup)
+    if args.method == "protonet":
+        result = bench(args.method, args.ways, args.shots, args.queries, args.episodes, args.threads or 1,
+                       args.data_dir, args.precision or "bf16", args.warmup)
+    else:  # any config: seconds per training step
+        overrides = list(args.set) + ([f"precision={args.precision}"] if args.precision else [])
+        result = step_time(args.method, overrides, args.episodes, args.warmup, args.threads or 1, args.data_dir)
     print(json.dumps(result, indent=2))
     if args.output:
         from fewshot.engine.runs import write_json
@@ -220,12 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", help="folder for the figures (default: the run folder)")
     pl.set_defaults(func=cmd_plot)
 
-    b = sub.add_parser("bench", help="training throughput: ours vs a plain PyTorch loop, same run")
-    b.add_argument("method")
+    b = sub.add_parser("bench", help="training throughput: protonet against a plain PyTorch loop, or the "
+                                     "seconds per training step of any config")
+    b.add_argument("method", help="protonet (against the plain loop) or a config (e.g. mann/omniglot)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     b.add_argument("--ways", type=int, default=60)
     b.add_argument("--shots", type=int, default=5)
     b.add_argument("--queries", type=int, default=5)
-    b.add_argument("--episodes", type=int, default=30)
+    b.add_argument("--episodes", type=int, default=30, help="timed episodes (training steps for a config)")
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--threads", type=int)
     b.add_argument("--precision", choices=["fp32", "bf16"])

@@ -7,6 +7,10 @@ implementation looks like: a float32 NumPy copy of the data, a Python loop over 
 :class:`~fewshot.tasks.EpisodeSampler` + the method's ``train_step`` in the configured precision
 (bf16 autocast with channels-last by default). Ours in float32 is measured too, so the gain can be
 attributed. Timing lives here, never in tests.
+
+For every other method, :func:`step_time` times the training step of a config (any shipped config or
+YAML file, with overrides) on a fixed, seeded list of batches from its own sampler: the number to compare
+before and after a change to a model (``fewshot bench mann/omniglot``).
 """
 
 from __future__ import annotations
@@ -100,3 +104,29 @@ def bench(method: str, ways: int = 60, shots: int = 5, queries: int = 5, episode
     if precision != "fp32":
         result["speedup_fp32_vs_plain"] = round(rows["plain_fp32"] / rows["ours_fp32"], 2)
     return result
+
+
+def step_time(source: str, overrides: list[str] | tuple[str, ...] = (), steps: int = 20, warmup: int = 3,
+              threads: int = 1, data_dir: str | None = None) -> dict[str, Any]:
+    """Seconds per training step (sampling excluded) of a config on ``steps`` seeded batches after ``warmup``."""
+    import tempfile
+    from pathlib import Path
+
+    from fewshot.engine.trainer import Trainer
+
+    overrides = [*overrides, f"threads={threads}"] + ([f"data.dir={data_dir}"] if data_dir else [])
+    config = load_config(source, overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, Path(tmp), progress=False)
+        batches = [trainer.sampler.sample() for _ in range(warmup + steps)]
+        batches = [b.to(trainer.device, trainer.memory_format) for b in batches]
+        model, opt = trainer.model, trainer.optimizer
+        for b in batches[:warmup]:
+            model.train_step(b, opt, trainer.autocast())
+        start = time.perf_counter()
+        for b in batches[warmup:]:
+            model.train_step(b, opt, trainer.autocast())
+        seconds = (time.perf_counter() - start) / steps
+    return {"config": source, "overrides": list(overrides), "steps": steps, "threads": threads,
+            "precision": config["precision"], "seconds_per_step": round(seconds, 4),
+            "steps_per_s": round(1 / seconds, 2), "machine": machine_summary(threads)}
