@@ -43,8 +43,22 @@ def test_balanced_episodes_distinct_items_and_shuffled_labels():
 def test_rotation_and_translation_augment_images():
     data = gaussian_classes("train", classes=20, examples=20, dim=16, nuisance=0, image=True)
     plain = LabelSequenceSampler(data, 2, 4, 1, seed=1).sample()
-    moved = LabelSequenceSampler(data, 2, 4, 1, seed=1, translate=2, rotate=True).sample()
+    moved = LabelSequenceSampler(data, 2, 4, 1, seed=1, translate=1, rotate=True).sample()
     assert moved.images.shape == plain.images.shape == (1, 4, 1, 4, 4)
+    shifted = LabelSequenceSampler(data, 2, 4, 1, seed=1, translate=1).sample()  # same draws, then the shift
+
+    def shift(x, dy, dx):  # zero-filled translation of [C, H, W] by (dy, dx)
+        out = torch.zeros_like(x)
+        h, w = x.shape[-2:]
+        out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            x[..., max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+        return out
+
+    assert not torch.equal(plain.images, shifted.images)
+    for a, b in zip(plain.images[0], shifted.images[0]):
+        assert any(torch.equal(shift(a, dy, dx), b) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    with pytest.raises(DataError, match="translate between 0 and 1"):
+        LabelSequenceSampler(data, 2, 4, 1, translate=2)  # ±2 px of a 4-px image
 
 
 @pytest.mark.parametrize("feedback,count", [("reads", 679729), ("read_weights", 961329)])

@@ -80,7 +80,8 @@ class LabelSequenceSampler(SeededStream):
     ``labels="balanced"``: exactly length/ways items per class, shuffled (the paper: 5 classes × 10
     instances); ``"iid"``: each step's class uniform (the MANN TF code). Items of a class are distinct.
     ``rotate``: each class rotated by a random multiple of 90°; ``translate``: each image shifted by a
-    random integer offset in [−translate, translate] pixels (zero fill).
+    random integer offset in [−translate, translate] pixels of the stored image (zero fill): the MANN TF
+    code's ±10 px on 105-px originals is ±2 px at 20×20.
     """
 
     def __init__(self, dataset, ways: int = 5, length: int = 50, batch_size: int = 1, seed: int = 0,
@@ -96,6 +97,10 @@ class LabelSequenceSampler(SeededStream):
         if per > dataset.min_count and labels == "balanced":
             raise DataError(f"{name} episodes show each class {per} times but some classes have only "
                             f"{dataset.min_count} items; use shorter episodes or fewer instances.")
+        if translate < 0 or 2 * translate >= min(dataset.item_shape[-2:]):
+            raise DataError(f"{name} translation of up to {translate} px does not fit {tuple(dataset.item_shape[-2:])} "
+                            f"images: set data.episodes.translate between 0 and {min(dataset.item_shape[-2:]) // 2 - 1} "
+                            "(pixels of the stored image; the MANN TF code's ±10 px at 105x105 is 2 at 20x20).")
         self.dataset, self.ways, self.length, self.batch_size = dataset, ways, length, batch_size
         self.labels_mode, self.rotate, self.translate, self.strings = labels, rotate, translate, strings
         self.generator = torch.Generator().manual_seed(seed)
