@@ -142,3 +142,5 @@ def test_bench_times_any_config(tmp_path, capsys):
     assert "data.sequences.max_length=3" in result["overrides"]
     code, _, err = run_cli(capsys, "bench", "no/such-config", "--episodes", "1")
     assert code != 0 and "no config named" in err
+    code, _, err = run_cli(capsys, "bench", "ntm/copy", "--ways", "5")
+    assert code != 0 and "--ways apply to `fewshot bench protonet` only" in err

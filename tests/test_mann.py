@@ -59,6 +59,9 @@ def test_rotation_and_translation_augment_images():
         assert any(torch.equal(shift(a, dy, dx), b) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
     with pytest.raises(DataError, match="translate between 0 and 1"):
         LabelSequenceSampler(data, 2, 4, 1, translate=2)  # ±2 px of a 4-px image
+    vectors = gaussian_classes("train", classes=20, examples=20, dim=16, nuisance=0)
+    with pytest.raises(DataError, match="translate between 0 and 0"):
+        LabelSequenceSampler(vectors, 2, 4, 1, translate=1)  # flat items cannot be translated
 
 
 @pytest.mark.parametrize("feedback,count", [("reads", 679729), ("read_weights", 961329)])

@@ -158,10 +158,18 @@ def cmd_list(args: argparse.Namespace) -> None:  # noqa: ARG001
 def cmd_bench(args: argparse.Namespace) -> None:
     from fewshot.engine.bench import bench, step_time
 
+    shape = {"--ways": args.ways, "--shots": args.shots, "--queries": args.queries}
     if args.method == "protonet":
-        result = bench(args.method, args.ways, args.shots, args.queries, args.episodes, args.threads or 1,
-                       args.data_dir, args.precision or "bf16", args.warmup)
+        if args.set:
+            raise FewshotError("`fewshot bench protonet` compares fixed episode shapes (--ways, --shots, --queries); "
+                               "--set applies to config benchmarks such as `fewshot bench protonet/omniglot-1shot`.")
+        result = bench(args.method, args.ways or 60, args.shots or 5, args.queries or 5, args.episodes,
+                       args.threads or 1, args.data_dir, args.precision or "bf16", args.warmup)
     else:  # any config: seconds per training step
+        given = [flag for flag, value in shape.items() if value is not None]
+        if given:
+            raise FewshotError(f"{', '.join(given)} apply to `fewshot bench protonet` only; for a config use "
+                               "--set train.ways=N (and train.shots, train.queries).")
         overrides = list(args.set) + ([f"precision={args.precision}"] if args.precision else [])
         result = step_time(args.method, overrides, args.episodes, args.warmup, args.threads or 1, args.data_dir)
     print(json.dumps(result, indent=2))
@@ -228,9 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "seconds per training step of any config")
     b.add_argument("method", help="protonet (against the plain loop) or a config (e.g. mann/omniglot)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
-    b.add_argument("--ways", type=int, default=60)
-    b.add_argument("--shots", type=int, default=5)
-    b.add_argument("--queries", type=int, default=5)
+    b.add_argument("--ways", type=int, help="protonet only (default 60)")
+    b.add_argument("--shots", type=int, help="protonet only (default 5)")
+    b.add_argument("--queries", type=int, help="protonet only (default 5)")
     b.add_argument("--episodes", type=int, default=30, help="timed episodes (training steps for a config)")
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--threads", type=int)

@@ -97,10 +97,12 @@ class LabelSequenceSampler(SeededStream):
         if per > dataset.min_count and labels == "balanced":
             raise DataError(f"{name} episodes show each class {per} times but some classes have only "
                             f"{dataset.min_count} items; use shorter episodes or fewer instances.")
-        if translate < 0 or 2 * translate >= min(dataset.item_shape[-2:]):
-            raise DataError(f"{name} translation of up to {translate} px does not fit {tuple(dataset.item_shape[-2:])} "
-                            f"images: set data.episodes.translate between 0 and {min(dataset.item_shape[-2:]) // 2 - 1} "
-                            "(pixels of the stored image; the MANN TF code's ±10 px at 105x105 is 2 at 20x20).")
+        side = min(dataset.item_shape[-2:]) if len(dataset.item_shape) == 3 else 0
+        if translate and not 0 < 2 * translate < side:
+            raise DataError(f"{name} translation of up to {translate} px does not fit items of shape "
+                            f"{tuple(dataset.item_shape)}: set data.episodes.translate between 0 and "
+                            f"{max(side // 2 - 1, 0)} (pixels of the stored image; the MANN TF code's ±10 px at "
+                            "105x105 is 2 at 20x20).")
         self.dataset, self.ways, self.length, self.batch_size = dataset, ways, length, batch_size
         self.labels_mode, self.rotate, self.translate, self.strings = labels, rotate, translate, strings
         self.generator = torch.Generator().manual_seed(seed)
