@@ -144,9 +144,9 @@ def test_relation_sum_versus_mean_aggregation():
     from fewshot.methods.relation import RelationNet
 
     class Capture(nn.Module):
-        def forward(self, pairs):
-            self.pairs = pairs
-            return torch.zeros(pairs.shape[0])
+        def compare(self, classes, queries):
+            self.classes, self.queries = classes, queries
+            return torch.zeros(queries.shape[0], classes.shape[0])
 
     enc = nn.Identity()
     sx = torch.arange(4.0).view(1, 4, 1, 1, 1)  # 4 support "maps" of one channel, 1x1
@@ -154,7 +154,27 @@ def test_relation_sum_versus_mean_aggregation():
     for agg, expected in (("sum", [0 + 2, 1 + 3]), ("mean", [1.0, 2.0])):
         cap = Capture()
         RelationNet(enc, cap, aggregate=agg).predict(b)
-        assert cap.pairs[:, 0].flatten().tolist() == expected and cap.pairs[:, 1].flatten().tolist() == [9.0, 9.0]
+        assert cap.classes.flatten().tolist() == expected and cap.queries.flatten().tolist() == [9.0]
+
+
+@pytest.mark.parametrize("map_size", [5, 12])
+def test_relation_compare_equals_the_module_on_concatenated_pairs(map_size):
+    """The split first convolution (N + M convolutions) equals g_ϕ on the M·N concatenations,
+    batch statistics over all pairs included, in value and in gradient."""
+    from fewshot.methods.relation import RelationModule
+
+    torch.manual_seed(7)
+    g = RelationModule(6, map_size, hidden=4).double()
+    classes = torch.randn(3, 6, map_size, map_size, dtype=torch.float64, requires_grad=True)
+    queries = torch.randn(4, 6, map_size, map_size, dtype=torch.float64, requires_grad=True)
+    pairs = torch.cat([classes[None].expand(4, 3, -1, -1, -1), queries[:, None].expand(4, 3, -1, -1, -1)], 2)
+    direct = g(pairs.flatten(0, 1)).view(4, 3)
+    split = g.compare(classes, queries)
+    torch.testing.assert_close(split, direct, rtol=1e-12, atol=1e-12)
+    weights = torch.rand(4, 3, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((direct * weights).sum(), [classes, queries, *g.parameters()]),
+                    torch.autograd.grad((split * weights).sum(), [classes, queries, *g.parameters()])):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_relation_mse_loss_hand_computed():

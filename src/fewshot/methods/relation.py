@@ -38,7 +38,27 @@ class RelationModule(nn.Module):
         self.fc = nn.Sequential(nn.Linear(channels * side * side, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc(self.convs(pairs).flatten(1))).squeeze(-1)
+        """Scores of concatenated pairs ``[M, 2C, h, w]`` → ``[M]``."""
+        return self._rest(self.convs[0](pairs))
+
+    def compare(self, classes: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Scores of every (query, class) pair, ``queries [M, C, h, w]`` × ``classes [N, C, h, w]`` → ``[M, N]``,
+        equal to ``forward`` on the M·N concatenated pairs without building them.
+
+        The first convolution is linear in its input, so with W = [W_c | W_q] split over the two halves of
+        the concatenated channels, conv(C(c, q); W, b) = conv(c; W_c, b) + conv(q; W_q, 0): N + M
+        convolutions of C channels instead of M·N of 2C (the relation module's dominant cost).
+        """
+        conv = self.convs[0]
+        c = classes.shape[1]
+        a = F.conv2d(classes, conv.weight[:, :c], conv.bias, conv.stride, conv.padding)  # [N, C', h, w]
+        q = F.conv2d(queries, conv.weight[:, c:], None, conv.stride, conv.padding)     # [M, C', h, w]
+        m, n = q.shape[0], a.shape[0]
+        return self._rest((q[:, None] + a[None]).flatten(0, 1)).view(m, n)
+
+    def _rest(self, first: torch.Tensor) -> torch.Tensor:
+        """Everything after the first convolution: norm, ReLU, pool, second block, FC → sigmoid."""
+        return torch.sigmoid(self.fc(self.convs[1:](first).flatten(1))).squeeze(-1)
 
 
 def init_relation_weights(module: nn.Module) -> None:
@@ -116,21 +136,13 @@ class RelationNet(Method):
         if self.aggregate == "mean":
             counts = torch.zeros(b, n, device=support.device).scatter_add_(1, batch.support_y, torch.ones_like(batch.support_y, dtype=torch.float))
             classes = classes / counts.clamp_min(1).view(b, n, 1, 1, 1)
-        pairs = torch.cat([classes[:, None].expand(b, m, n, *classes.shape[2:]),
-                           query[:, :, None].expand(b, m, n, *query.shape[2:])], dim=3)  # [B, M, N, 2C, h, w]
-        if b > 1 and self._batch_stats():
-            return torch.stack([self.relation(p.flatten(0, 1)).view(m, n) for p in pairs])
-        return self.relation(pairs.flatten(0, 2)).view(b, m, n)
+        # g_ϕ over the concatenation C(class map, query map) of every pair, one task at a time (the
+        # relation module's batch statistics are those of one task's pairs, as in the reference code)
+        return torch.stack([self.relation.compare(classes[i], query[i]) for i in range(b)])
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """The reference code clips the embedding and the relation module separately (0.5 each)."""
         return [list(self.encoder.parameters()), list(self.relation.parameters())]
-
-    def _batch_stats(self) -> bool:
-        from fewshot.methods.base import uses_batch_statistics
-
-        return uses_batch_statistics(self.relation)
-
 
     def loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
         scores = self.logits(batch).float()
