@@ -21,11 +21,7 @@ from fewshot.tasks.batch import TaskBatch
 
 def uses_batch_statistics(module: nn.Module) -> bool:
     """True when a forward pass of ``module`` normalizes with the statistics of its own batch."""
-    from fewshot.nn.backbones import BatchStatNorm
-
     for m in module.modules():
-        if isinstance(m, BatchStatNorm):
-            return True
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats):
             return True
     return False

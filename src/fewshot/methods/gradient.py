@@ -16,9 +16,9 @@ tensors adapt (:meth:`MAML.adapted_names`) and in the inner step rule (:meth:`MA
 Losses are means over the items of a set: cross-entropy for classification, MSE for regression (the
 task's targets decide). Normalization follows ``model.norm``: ``transductive`` (batch statistics of
 the task, as MAML's code does at meta-test too) is the default; BatchNorm's affine parameters are
-meta-learned but not adapted (as in MAML's code) unless ``adapt_norm`` is set. With ``vmap`` the
-transductive BatchNorm layers become :class:`~fewshot.nn.BatchStatNorm` (the same normalization as plain
-tensor operations), so that the vectorized second-order meta-gradient equals the loop's.
+meta-learned but not adapted (as in MAML's code) unless ``adapt_norm`` is set. ``vmap`` is allowed in
+second order through transductive BatchNorm (its meta-gradient equals the loop's, tested), not through
+running statistics.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from torch.func import functional_call
 
 from fewshot.errors import ConfigError
 from fewshot.methods.base import Method, accuracy
-from fewshot.nn.backbones import BatchStatNorm, as_plain_tensor_norms
 from fewshot.tasks.batch import TaskBatch
 
 ADAPT = ("all", "head")
@@ -186,14 +185,15 @@ class MAML(Method):
         if taml_on not in ("initial", "adapted"):
             raise ConfigError(f"model.taml_on must be initial or adapted (got {taml_on!r}).")
         self.agreement, self.taml, self.taml_lambda, self.taml_on, self.taml_a = agreement, taml, taml_lambda, taml_on, taml_a
-        if vmap:  # transductive BatchNorm as plain tensor ops: exact under vmap in both orders (tested)
-            as_plain_tensor_norms(net)
+        # vmap in second order: verified equal to the loop (tests) through transductive BatchNorm (batch
+        # statistics only); refused through running statistics (in-place buffer updates) and other norms
         norms = [type(m).__name__ for m in net.modules()
-                 if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))]
+                 if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
+                 and not (isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats)]
         if vmap and norms and not first_order:
-            raise ConfigError(f"model.vmap=true gives wrong second-order meta-gradients through {norms[0]} "
-                              "(pytorch/functorch#534); use model.norm=transductive or none, model.first_order=true "
-                              "or model.vmap=false.")
+            raise ConfigError(f"model.vmap=true is not verified for second-order meta-gradients through {norms[0]} "
+                              "with running statistics or per-item statistics; use model.norm=transductive or none, "
+                              "model.first_order=true or model.vmap=false.")
         self.vmap = vmap
         if adapt not in ADAPT:
             raise ConfigError(f"unknown model.adapt {adapt!r}; use one of {ADAPT}.")
@@ -202,7 +202,7 @@ class MAML(Method):
         self.net, self.inner_lr, self.inner_steps, self.eval_steps = net, inner_lr, inner_steps, eval_steps
         self.first_order, self.adapt, self.adapt_norm = first_order, adapt, adapt_norm
         norm_params = {f"{m}.{p}" for m, mod in net.named_modules()
-                       if isinstance(mod, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, BatchStatNorm))
+                       if isinstance(mod, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
                        for p, _ in mod.named_parameters(recurse=False)}
         names = [n for n, _ in net.named_parameters()]
         if adapt == "head":

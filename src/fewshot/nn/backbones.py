@@ -4,9 +4,7 @@ Normalization policies (``spec/README.md``, "Normalization at test time"):
 
 * ``eval`` — BatchNorm with running statistics, used in ``model.eval()`` (ProtoNets code);
 * ``transductive`` — BatchNorm that always uses the statistics of the current forward pass
-  (``track_running_stats=False``), as the MAML and Relation-Net papers evaluate; :class:`BatchStatNorm`
-  is the same normalization written as plain tensor operations, for ``torch.func.vmap`` (MAML's
-  ``model.vmap``), where BatchNorm's fused kernel gives wrong second-order gradients;
+  (``track_running_stats=False``), as the MAML and Relation-Net papers evaluate;
 * ``none`` — no normalization layer.
 """
 
@@ -28,52 +26,6 @@ def make_norm(channels: int, policy: str, dims: int = 2) -> nn.Module:
         return nn.Identity()
     cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
     return cls(channels, track_running_stats=(policy == "eval"))
-
-
-class BatchStatNorm(nn.Module):
-    """Transductive batch normalization in plain tensor operations (Ioffe & Szegedy 2015, eq. of Alg. 1):
-
-    y = γ · (x − μ_B) / √(σ²_B + ε) + β, with μ_B and the biased σ²_B taken over every axis but the channel
-    axis (1) of this forward pass. Equal to ``nn.BatchNorm{1,2}d(track_running_stats=False)`` (same
-    ``weight``/``bias`` names, no buffers, so state dicts are interchangeable) but differentiable twice
-    under ``torch.func.vmap``. Statistics in float32 also under bf16 autocast, as BatchNorm's.
-    """
-
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    @classmethod
-    def like(cls, norm: nn.modules.batchnorm._BatchNorm) -> "BatchStatNorm":
-        """A copy of a transductive BatchNorm (its affine parameters and ε)."""
-        new = cls(norm.num_features, norm.eps).to(norm.weight.device, norm.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(norm.weight)
-            new.bias.copy_(norm.bias)
-        return new
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        axes = [0, *range(2, x.dim())]
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        var, mean = torch.var_mean(xf, dim=axes, unbiased=False, keepdim=True)  # μ_B, σ²_B
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        y = (xf - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
-        return y.to(x.dtype)
-
-
-def as_plain_tensor_norms(module: nn.Module) -> int:
-    """Replace, in place, every transductive BatchNorm of ``module`` by an equal :class:`BatchStatNorm`;
-    returns how many were replaced (BatchNorm with running statistics is left alone)."""
-    count = 0
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not child.track_running_stats and child.affine:
-            setattr(module, name, BatchStatNorm.like(child))
-            count += 1
-        else:
-            count += as_plain_tensor_norms(child)
-    return count
 
 
 class Conv4(nn.Module):
