@@ -191,9 +191,9 @@ class MAML(Method):
                  if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
                  and not (isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats)]
         if vmap and norms and not first_order:
-            raise ConfigError(f"model.vmap=true is not verified for second-order meta-gradients through {norms[0]} "
-                              "with running statistics or per-item statistics; use model.norm=transductive or none, "
-                              "model.first_order=true or model.vmap=false.")
+            raise ConfigError(f"model.vmap=true in second order is verified only through BatchNorm with batch "
+                              f"statistics, not through {norms[0]} (running statistics or another norm); use "
+                              "model.norm=transductive or none, model.first_order=true or model.vmap=false.")
         self.vmap = vmap
         if adapt not in ADAPT:
             raise ConfigError(f"unknown model.adapt {adapt!r}; use one of {ADAPT}.")

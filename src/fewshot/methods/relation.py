@@ -130,7 +130,7 @@ class RelationNet(Method):
         # support and query in separate passes, as in the reference code (their batch statistics differ)
         support = self.encode(self.encoder, batch.support_x)  # [B, n, C, h, w]
         query = self.encode(self.encoder, batch.query_x)
-        n, m = batch.ways, query.shape[1]
+        n = batch.ways
         index = batch.support_y.view(b, ns, 1, 1, 1).expand_as(support)
         classes = support.new_zeros(b, n, *support.shape[2:]).scatter_add_(1, index, support)
         if self.aggregate == "mean":
