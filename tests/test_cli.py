@@ -135,7 +135,8 @@ def test_bench_runs_both_loops(omniglot_root, tmp_path, capsys):
 def test_bench_times_any_config(tmp_path, capsys):
     out = tmp_path / "step.json"
     code, _, err = run_cli(capsys, "bench", "ntm/copy", "--set", "data.sequences.max_length=3",
-                           "--set", "train.meta_batch=2", "--episodes", "2", "--warmup", "1", "--output", str(out))
+                           "--set", "train.meta_batch=2", "--set", "model.compile=false", "--episodes", "2",
+                           "--warmup", "1", "--output", str(out))
     assert code == 0, err
     result = json.loads(out.read_text())
     assert result["config"] == "ntm/copy" and result["steps"] == 2 and result["seconds_per_step"] > 0

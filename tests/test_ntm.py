@@ -100,7 +100,8 @@ def test_ntm_trains_and_tests_through_the_engine(tmp_path):
     from fewshot.engine.trainer import Trainer
 
     config = load_config("ntm/copy", ["data.sequences.width=3", "data.sequences.max_length=3", "model.memory_slots=8",
-                                      "model.memory_width=4", "model.controller_size=8", "train.meta_batch=4",
+                                      "model.memory_width=4", "model.controller_size=8", "model.compile=false",
+                                      "train.meta_batch=4",
                                       "train.episodes=6", "val.every=3", "val.tasks=8", "eval.tasks=10",
                                       "eval.lengths=[3, 6]", "train.tensorboard=false"])
     trainer = Trainer(config, tmp_path / "run", progress=False)
@@ -117,7 +118,8 @@ def test_plot_command_draws_the_ntm_weightings(tmp_path):
     from fewshot.engine.trainer import Trainer
 
     config = load_config("ntm/copy", ["data.sequences.width=3", "data.sequences.max_length=3", "model.memory_slots=8",
-                                      "model.memory_width=4", "model.controller_size=8", "train.meta_batch=2",
+                                      "model.memory_width=4", "model.controller_size=8", "model.compile=false",
+                                      "train.meta_batch=2",
                                       "train.episodes=2", "val.every=2", "val.tasks=2", "eval.tasks=2",
                                       "train.tensorboard=false"])
     Trainer(config, tmp_path / "run", progress=False).fit()
@@ -125,3 +127,22 @@ def test_plot_command_draws_the_ntm_weightings(tmp_path):
     image = tmp_path / "run" / "ntm_weightings.png"
     assert image.exists() and image.stat().st_size > 1000
     assert main(["plot", str(tmp_path / "nothing")]) == 2
+
+
+def test_compiled_step_gives_the_eager_numbers(one_thread):
+    """model.compile runs NTM.step through torch.compile: same logits and gradients as eager, in training (grad)
+    and prediction (no_grad), sequences of different lengths without recompiling per length."""
+    torch.manual_seed(0)
+    eager = NTM(5, 4, controller_size=12, memory_slots=8, memory_width=6)
+    fast = NTM(5, 4, controller_size=12, memory_slots=8, memory_width=6, compile=True)
+    fast.load_state_dict(eager.state_dict())
+    for length in (3, 6):
+        x = torch.rand(2, length, 5)
+        out_e, out_f = eager(x), fast(x)
+        torch.testing.assert_close(out_f, out_e, rtol=1e-5, atol=1e-6)
+        out_e.square().sum().backward()
+        out_f.square().sum().backward()
+        for (name, p), q in zip(eager.named_parameters(), fast.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x), eager(x), rtol=1e-5, atol=1e-6)

@@ -36,7 +36,7 @@ class NTMModel(Method):
                                           "controller_size": 100, "memory_slots": 128, "memory_width": 20,
                                           "read_heads": 1, "write_heads": 1, "shift_range": 1,
                                           "addressing": "content_and_location", "output_from": "controller_and_reads",
-                                          "layout": "paper", "clip": 20.0}
+                                          "layout": "paper", "clip": 20.0, "compile": False}
 
     def __init__(self, net: NTM) -> None:
         super().__init__()
