@@ -75,7 +75,8 @@ class MANNModel(Method):
     defaults: ClassVar[dict[str, Any]] = {"backbone": "mann", "norm": "none", "controller_size": 200,
                                           "memory_slots": 128, "memory_width": 40, "heads": 4, "gamma": 0.95,
                                           "memory": True, "controller_input": "reads", "write_vector": "separate",
-                                          "lu_assignment": "per_head", "read_on": "after_write", "five_hot": False}
+                                          "lu_assignment": "per_head", "read_on": "after_write", "five_hot": False,
+                                          "compile": False}
 
     def __init__(self, net: "MANN") -> None:
         super().__init__()

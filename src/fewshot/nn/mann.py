@@ -23,6 +23,7 @@ from torch import nn
 
 from fewshot.errors import ConfigError
 from fewshot.nn import memory as mem
+from fewshot.nn.compiled import compiled
 
 
 class LSTMCell1Bias(nn.Module):
@@ -51,8 +52,9 @@ class MANN(nn.Module):
     def __init__(self, input_size: int, classes: int, controller_size: int = 200, memory_slots: int = 128,
                  memory_width: int = 40, heads: int = 4, gamma: float = 0.95, memory: bool = True,
                  controller_input: str = "reads", write_vector: str = "separate", lu_assignment: str = "per_head",
-                 read_on: str = "after_write", five_hot: bool = False) -> None:
+                 read_on: str = "after_write", five_hot: bool = False, compile: bool = False) -> None:
         super().__init__()
+        self.compile = compile  # run the time step through torch.compile (fewshot.nn.compiled)
         self.five_hot = five_hot  # labels as five characters of an alphabet of 5: 25-d input and output
         label_size = 25 if five_hot else classes
         choices = {"controller_input": (controller_input, ("reads", "read_weights")),
@@ -91,46 +93,56 @@ class MANN(nn.Module):
         # one matmul over all steps, and only the [feedback, h] columns stay in the per-step loop.
         weight, bias = self.controller.linear.weight, self.controller.linear.bias
         n_in = x.shape[-1] + prev_label.shape[-1]
-        gates_in = F.linear(torch.cat([x, prev_label], -1), weight[:, :n_in], bias).unbind(1)  # T × [B, 4H]
+        gates_in = F.linear(torch.cat([x, prev_label], -1), weight[:, :n_in], bias)  # [B, T, 4H]
+        gates_in = gates_in.new_empty(t, b, gates_in.shape[-1]).copy_(gates_in.transpose(0, 1)).unbind(0)  # T × [B, 4H]
         weight_rec = weight[:, n_in:]  # columns of [feedback, h]
-        h = c = x.new_zeros(b, self.hidden)
+        state = {"h": x.new_zeros(b, self.hidden), "c": x.new_zeros(b, self.hidden)}
         if self.memory:
-            head_w = torch.cat([p.weight for p in self.head_params])  # all heads in one matmul
-            head_b = torch.cat([p.bias for p in self.head_params])
-            memory = x.new_full((b, self.n, self.w), 1e-6)
             usage = x.new_zeros(b, self.n)
             usage[:, 0] = 1.0  # one-hot at slot 0: deterministic first choice (ties)
             read_w = x.new_zeros(b, self.heads, self.n)
             read_w[..., 0] = 1.0
-            reads = x.new_zeros(b, self.heads, self.w)
+            state.update(memory=x.new_full((b, self.n, self.w), 1e-6), usage=usage, read_w=read_w,
+                         reads=x.new_zeros(b, self.heads, self.w))
+            heads = (torch.cat([p.weight for p in self.head_params]), torch.cat([p.bias for p in self.head_params]))
+        else:
+            heads = (weight_rec, weight_rec)  # unused
+        step = compiled(MANN.step) if self.compile else MANN.step
         features = []
-        for step in range(t):
-            if self.memory:
-                feedback = reads.flatten(1) if self.controller_input == "reads" else read_w.flatten(1)
-                recurrent = torch.cat([feedback, h], -1)
-            else:
-                recurrent = h
-            h, c = self.controller.from_gates(torch.addmm(gates_in[step], recurrent, weight_rec.t()), c)
-            if not self.memory:
-                features.append(h)
-                continue
-            raw = F.linear(h, head_w, head_b).view(b, self.heads, -1)  # [B, H, 2W + 1]
-            key, add, alpha = torch.tanh(raw[..., : self.w]), torch.tanh(raw[..., self.w: 2 * self.w]), raw[..., -1]
-            order = torch.sort(usage, dim=-1, stable=True).indices  # ascending usage w^u_{t−1}
-            if self.lu_assignment == "per_head":  # head i → the i-th least-used slot
-                lu_heads = F.one_hot(order[:, : self.heads], self.n).to(x.dtype)  # [B, H, N]
-            else:  # every head: w^lu_{t−1}, the n least-used slots
-                lu_heads = mem.least_used(usage, self.heads).unsqueeze(1).expand(-1, self.heads, -1)
-            g = torch.sigmoid(alpha).unsqueeze(-1)
-            write_w = g * read_w + (1 - g) * lu_heads  # σ(α) w^r_{t−1} + (1 − σ(α)) w^lu_{t−1}
-            least = F.one_hot(order[:, 0], self.n).to(x.dtype)  # zero the single least-used slot before writing
-            previous = memory
-            memory = mem.zero_least_used(memory, least)
-            vector = key if self.write_vector == "key" else add
-            memory = memory + write_w.transpose(1, 2) @ vector
-            basis = memory if self.read_on == "after_write" else previous
-            read_w = torch.softmax(mem.cosine_similarity(key, basis), -1)  # no key strength
-            reads = mem.read(memory, read_w)
-            usage = mem.lrua_usage(usage, read_w, write_w, self.gamma)
-            features.append(torch.cat([h, reads.flatten(1)], -1))
+        for gates_t in gates_in:
+            out, state = step(self, gates_t, weight_rec, heads, state)
+            features.append(out)
         return self.output(torch.stack(features, 1))  # W_o [h_t, r_t] for all steps in one matmul
+
+    def step(self, gates_in: torch.Tensor, weight_rec: torch.Tensor, heads: tuple[torch.Tensor, torch.Tensor],
+             state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One time step: the input share of the gates ``[B, 4H]``, the recurrent gate columns, the stacked head
+        maps and the state → (features [h_t, r_t] ``[B, H + heads·W]``, new state)."""
+        h, c = state["h"], state["c"]
+        if not self.memory:
+            h, c = self.controller.from_gates(torch.addmm(gates_in, h, weight_rec.t()), c)
+            return h, {"h": h, "c": c}
+        memory, usage, read_w, reads = state["memory"], state["usage"], state["read_w"], state["reads"]
+        b = h.shape[0]
+        feedback = reads.flatten(1) if self.controller_input == "reads" else read_w.flatten(1)
+        h, c = self.controller.from_gates(torch.addmm(gates_in, torch.cat([feedback, h], -1), weight_rec.t()), c)
+        raw = F.linear(h, *heads).view(b, self.heads, -1)  # [B, H, 2W + 1]
+        key, add, alpha = torch.tanh(raw[..., : self.w]), torch.tanh(raw[..., self.w: 2 * self.w]), raw[..., -1]
+        order = torch.sort(usage, dim=-1, stable=True).indices  # ascending usage w^u_{t−1}
+        if self.lu_assignment == "per_head":  # head i → the i-th least-used slot
+            lu_heads = F.one_hot(order[:, : self.heads], self.n).to(h.dtype)  # [B, H, N]
+        else:  # every head: w^lu_{t−1}, the n least-used slots
+            lu_heads = mem.least_used(usage, self.heads).unsqueeze(1).expand(-1, self.heads, -1)
+        g = torch.sigmoid(alpha).unsqueeze(-1)
+        write_w = g * read_w + (1 - g) * lu_heads  # σ(α) w^r_{t−1} + (1 − σ(α)) w^lu_{t−1}
+        least = F.one_hot(order[:, 0], self.n).to(h.dtype)  # zero the single least-used slot before writing
+        previous = memory
+        memory = mem.zero_least_used(memory, least)
+        vector = key if self.write_vector == "key" else add
+        memory = memory + write_w.transpose(1, 2) @ vector
+        basis = memory if self.read_on == "after_write" else previous
+        read_w = torch.softmax(mem.cosine_similarity(key, basis), -1)  # no key strength
+        reads = mem.read(memory, read_w)
+        usage = mem.lrua_usage(usage, read_w, write_w, self.gamma)
+        new = {"h": h, "c": c, "memory": memory, "usage": usage, "read_w": read_w, "reads": reads}
+        return torch.cat([h, reads.flatten(1)], -1), new
