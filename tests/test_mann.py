@@ -143,7 +143,11 @@ def test_five_character_string_labels():
 
 
 def test_compiled_step_gives_the_eager_numbers():
-    """model.compile runs MANN.step through torch.compile: the same logits and gradients as eager."""
+    """model.compile runs MANN.step through torch.compile as one graph: the same logits and gradients as eager,
+    the same predictions under inference_mode."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
     torch.manual_seed(0)
     eager = MANN(12, 3, controller_size=10, memory_slots=6, memory_width=4, heads=2)
     fast = MANN(12, 3, controller_size=10, memory_slots=6, memory_width=4, heads=2, compile=True)
@@ -155,3 +159,6 @@ def test_compiled_step_gives_the_eager_numbers():
     out_f.square().sum().backward()
     for (name, p), q in zip(eager.named_parameters(), fast.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert counters["stats"]["unique_graphs"] >= 1
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(images, labels), eager(images, labels), rtol=1e-5, atol=1e-6)

@@ -129,13 +129,19 @@ def test_plot_command_draws_the_ntm_weightings(tmp_path):
     assert main(["plot", str(tmp_path / "nothing")]) == 2
 
 
-def test_compiled_step_gives_the_eager_numbers(one_thread):
-    """model.compile runs NTM.step through torch.compile: same logits and gradients as eager, in training (grad)
-    and prediction (no_grad), sequences of different lengths without recompiling per length."""
+@pytest.mark.parametrize("layout", ["paper", "reverse_code"])
+def test_compiled_step_gives_the_eager_numbers(one_thread, layout):
+    """model.compile runs NTM.step through torch.compile as one graph: same logits and gradients as eager in
+    training, the same predictions under no_grad and inference_mode, and no recompilation for a new length."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
     torch.manual_seed(0)
-    eager = NTM(5, 4, controller_size=12, memory_slots=8, memory_width=6)
-    fast = NTM(5, 4, controller_size=12, memory_slots=8, memory_width=6, compile=True)
+    kwargs = dict(controller_size=12, memory_slots=8, memory_width=6, layout=layout)
+    eager = NTM(5, 4, **kwargs)
+    fast = NTM(5, 4, **kwargs, compile=True)
     fast.load_state_dict(eager.state_dict())
+    graphs = []
     for length in (3, 6):
         x = torch.rand(2, length, 5)
         out_e, out_f = eager(x), fast(x)
@@ -144,5 +150,10 @@ def test_compiled_step_gives_the_eager_numbers(one_thread):
         out_f.square().sum().backward()
         for (name, p), q in zip(eager.named_parameters(), fast.parameters()):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
-        with torch.no_grad():
-            torch.testing.assert_close(fast(x), eager(x), rtol=1e-5, atol=1e-6)
+            p.grad, q.grad = None, None
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] >= 1 and graphs[1] == graphs[0]  # compiled once, not once per sequence length
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), eager(x), rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), eager(x), rtol=1e-5, atol=1e-6)

@@ -373,6 +373,8 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
             "revision": env.get("revision") or git_revision(), "run": run_dir.name})
         if "values" in r:
             summaries[-1]["values"] = r["values"]
+        if isinstance(data, SequenceFamily):  # generated sequences: no class split, no ways or shots
+            summaries[-1].update(split="generated", ways=0, shots=0, queries=0)
         if "instance_accuracy" in r.get("values", {}):  # MANN: one row per reported presentation
             inst = r["values"]["instance_accuracy"]
             base = summaries[-1]

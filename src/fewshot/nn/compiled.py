@@ -4,7 +4,12 @@ A recurrent step is dozens of small element-wise operations on ``[B, N, W]`` mem
 and backward: eager PyTorch pays one dispatch and one pass over memory per operation, the compiled step
 fuses them. One compiled function per step function, created on first use and shared by all instances
 (dynamo guards on the module it is called with and recompiles when the module or the grad mode changes).
-A machine without a working C++ compiler gets one sentence saying to turn the switch off.
+The step is traced as one graph (``fullgraph=True``): a graph break is a defect of the step and raises.
+
+A machine without a working C++ compiler fails in the backend while the forward step is compiled, on the
+first call; that failure becomes one sentence saying to turn the switch off. (The backward graph is compiled
+later, on the first ``backward()``, by the same backend, so it cannot fail where the forward succeeded for
+want of a compiler.) Errors of the step itself — shapes, dtypes — pass through unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch._dynamo.exc import BackendCompilerFailed
 
 from fewshot.errors import ConfigError
 
@@ -20,18 +26,21 @@ _CACHE: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` compiled once with static shapes (``torch.compile(fn, dynamic=False)``), failing with a clear message."""
+    """``fn`` compiled once with static shapes (``torch.compile(fn, dynamic=False, fullgraph=True)``).
+
+    A backend failure (no C++ compiler, inductor error) is raised as :class:`ConfigError`.
+    """
     if fn not in _CACHE:
-        inner = torch.compile(fn, dynamic=False)
+        inner = torch.compile(fn, dynamic=False, fullgraph=True)
 
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 return inner(*args, **kwargs)
-            except Exception as exc:  # dynamo/inductor failures surface as many exception types
-                if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
-                    raise ConfigError(f"torch.compile failed on this machine ({type(exc).__name__}); set "
-                                      f"model.compile=false to run without it.") from exc
-                raise
+            except BackendCompilerFailed as exc:  # InductorError and CppCompileError arrive as this type
+                cause = str(exc.__cause__ or exc).strip().splitlines()
+                reason = cause[0][:200] if cause else type(exc).__name__
+                raise ConfigError(f"torch.compile could not build the time step on this machine ({reason}); "
+                                  f"set model.compile=false to run without it.") from exc
 
         _CACHE[fn] = call
     return _CACHE[fn]

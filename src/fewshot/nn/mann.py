@@ -54,7 +54,7 @@ class MANN(nn.Module):
                  controller_input: str = "reads", write_vector: str = "separate", lu_assignment: str = "per_head",
                  read_on: str = "after_write", five_hot: bool = False, compile: bool = False) -> None:
         super().__init__()
-        self.compile = compile  # run the time step through torch.compile (fewshot.nn.compiled)
+        self.compile_step = compile  # run the time step through torch.compile (fewshot.nn.compiled)
         self.five_hot = five_hot  # labels as five characters of an alphabet of 5: 25-d input and output
         label_size = 25 if five_hot else classes
         choices = {"controller_input": (controller_input, ("reads", "read_weights")),
@@ -107,7 +107,7 @@ class MANN(nn.Module):
             heads = (torch.cat([p.weight for p in self.head_params]), torch.cat([p.bias for p in self.head_params]))
         else:
             heads = (weight_rec, weight_rec)  # unused
-        step = compiled(MANN.step) if self.compile else MANN.step
+        step = compiled(MANN.step) if self.compile_step else MANN.step
         features = []
         for gates_t in gates_in:
             out, state = step(self, gates_t, weight_rec, heads, state)

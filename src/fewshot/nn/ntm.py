@@ -45,7 +45,7 @@ class NTM(nn.Module):
                  output_from: str = "controller_and_reads", layout: str = "paper", clip: float = 20.0,
                  compile: bool = False) -> None:
         super().__init__()
-        self.compile = compile  # run the time step through torch.compile (training and evaluation, not recording)
+        self.compile_step = compile  # run the time step through torch.compile (training and evaluation, not recording)
         if layout not in LAYOUTS or addressing not in ADDRESSING or controller not in ("lstm", "feedforward"):
             raise ConfigError(f"NTM needs model.layout in {LAYOUTS}, model.addressing in {ADDRESSING} and "
                               f"model.controller lstm or feedforward (got {layout!r}, {addressing!r}, {controller!r}).")
@@ -138,7 +138,7 @@ class NTM(nn.Module):
         state = self.initial_state(x.shape[0], x.device, x.dtype)
         outs, weights = [], []
         heads = self.head_weights()
-        step = compiled(NTM.step) if self.compile and not record else NTM.step
+        step = compiled(NTM.step) if self.compile_step and not record else NTM.step
         steps = x.new_empty(x.shape[1], x.shape[0], x.shape[2]).copy_(x.transpose(0, 1))  # strides independent of T
         for x_t in steps.unbind(0):
             y, state = step(self, x_t, state, heads)
