@@ -182,3 +182,13 @@ def test_random_labels_stay_at_chance(tmp_path):
         b.query_y = b.query_y[:, torch.randperm(b.query_y.shape[1], generator=g)]  # labels no longer match items
         model.train_step(b, opt)
     assert evaluate(model, test, 5, 1, 10, 200, seed=3)["mean"] < 35.0  # chance 20 %; the real test reaches > 75 %
+
+
+def test_stop_at_ends_training_once_validation_reaches_it(tmp_path):
+    """train.stop_at: the run stops at the first validation whose best score reaches it and counts as completed;
+    a target above what the run reaches changes nothing."""
+    easy = Trainer(load_config("protonet", TINY + ["train.stop_at=1"]), tmp_path / "easy", progress=False)
+    summary = easy.fit()
+    assert summary["step"] == 10 and summary["completed"] and summary["best"] >= 1  # first validation at 10
+    full = Trainer(load_config("protonet", TINY + ["train.stop_at=101"]), tmp_path / "full", progress=False)
+    assert full.fit()["step"] == 30

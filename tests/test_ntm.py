@@ -112,6 +112,21 @@ def test_ntm_trains_and_tests_through_the_engine(tmp_path):
     assert "best_val_bit_errors" in (tmp_path / "run" / "metrics.jsonl").read_text()
 
 
+def test_stop_at_counts_bit_errors_as_lower_is_better_also_after_resume(tmp_path):
+    from fewshot.engine.trainer import Trainer
+
+    tiny = ["data.sequences.width=3", "data.sequences.max_length=3", "model.memory_slots=8", "model.memory_width=4",
+            "model.controller_size=8", "model.compile=false", "train.meta_batch=2", "train.episodes=9",
+            "val.every=3", "val.tasks=4", "train.checkpoint_every=3", "train.tensorboard=false"]
+    never = Trainer(load_config("ntm/copy", tiny + ["train.stop_at=-1"]), tmp_path / "never", progress=False)
+    assert never.fit(stop_after=4)["step"] == 4  # no sequence has fewer than 0 bit errors
+    resumed = Trainer(load_config("ntm/copy", tiny + ["train.stop_at=1000"]), tmp_path / "never", resume=True,
+                      progress=False)
+    assert resumed.metric == "bit_errors"
+    summary = resumed.fit()  # the best so far (step 3) already has fewer than 1000 bit errors
+    assert summary["step"] == 4 and summary["completed"] and summary["metric"] == "bit_errors"
+
+
 def test_plot_command_draws_the_ntm_weightings(tmp_path):
     pytest.importorskip("matplotlib")
     from fewshot.cli import main

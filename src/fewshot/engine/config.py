@@ -69,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 100,
         "checkpoint_every": 500,
         "time_limit_minutes": None,
+        "stop_at": None,         # stop once the best validation metric reaches this (≥ accuracy; ≤ errors, MSE)
         "tensorboard": True,     # when tensorboard is installed
     },
     "val": {"every": 500, "ways": 5, "shots": 1, "queries": 15, "tasks": 200, "seed": 999, "batch_tasks": 1,
@@ -76,16 +77,16 @@ DEFAULTS: dict[str, Any] = {
     "eval": {"ways": [5, 20], "shots": [1], "queries": 15, "tasks": 1000, "seed": 1234, "batch_tasks": 1,
              "checkpoint": "best", "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False,
              "downsample": 0.0,  # damaged test images (Fort 2017's degraded-data comparison)
-             "report_steps": [],
-             "attack": "none", "attack_eps": [], "pgd_steps": 10,
-             "lengths": [],
-             "report_instances": [1, 2, 3, 4, 5, 10]},  # labelled sequences: per-instance accuracy rows  # sequence tasks: evaluate at these lengths (default: the training maximum)  # robustness: fgsm | pgd at each ε  # methods that adapt at test time: also report the metric after these inner steps
+             "report_steps": [],  # methods that adapt at test time: also report the metric after these inner steps
+             "attack": "none", "attack_eps": [], "pgd_steps": 10,  # robustness: fgsm | pgd at each ε
+             "lengths": [],  # sequence tasks: evaluate at these lengths (default: the training maximum)
+             "report_instances": [1, 2, 3, 4, 5, 10]},  # labelled sequences: per-instance accuracy rows
     "reproduce": {"prefix": None, "paper": {}},
 }
 
 FREE_FORM = {("reproduce", "paper")}  # dicts whose keys are not checked
 #: the type of settings whose default is None (None stays allowed)
-NULLABLE = {"name": str, "source": str, "data.dir": str, "train.grad_clip": float, "train.time_limit_minutes": float,
+NULLABLE = {"name": str, "source": str, "data.dir": str, "train.grad_clip": float, "train.time_limit_minutes": float, "train.stop_at": float,
             "reproduce.prefix": str}
 
 

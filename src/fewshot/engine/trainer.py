@@ -84,7 +84,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model.parameter_groups(), tr)
         self.schedule = make_schedule(self.optimizer, tr)
         self.step, self.best, self.best_step, self.elapsed = 0, -math.inf, 0, 0.0
-        self.metric = "mse" if getattr(self.train_data, "regression", False) else "accuracy"  # of validation
+        self.metric = ("bit_errors" if isinstance(self.train_data, SequenceFamily)  # of validation
+                       else "mse" if getattr(self.train_data, "regression", False) else "accuracy")
         self.window: dict[str, list[float]] = {}  # training metrics since the last log line
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "sampler": self.sampler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "step": self.step, "best": self.best,
-                "best_step": self.best_step, "elapsed": self.elapsed, "window": self.window}
+                "best_step": self.best_step, "elapsed": self.elapsed, "window": self.window, "metric": self.metric}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -116,6 +117,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.best, self.best_step = state["step"], state["best"], state["best_step"]
+        self.metric = state.get("metric", self.metric)  # the sign of self.best depends on it (bit errors, MSE)
         self.elapsed = state["elapsed"]
         self.window = {k: list(v) for k, v in state["window"].items()}
         if self.world.main:
@@ -148,6 +150,7 @@ class Trainer:
         tr, va = self.config["train"], self.config["val"]
         total = tr["episodes"]
         limit = tr["time_limit_minutes"] * 60 if tr["time_limit_minutes"] else math.inf
+        target = tr["stop_at"]  # stop once the best validation metric reaches it (≥ accuracy, ≤ errors / MSE)
         self._open_tensorboard()
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         bar = None
@@ -165,12 +168,17 @@ class Trainer:
             while self.step < total and not self._stop_requested:
                 if stop_after is not None and done_here >= stop_after:
                     break
-                if self.world.size > 1:  # every process stops at the same episode (rank 0's clock decides)
-                    flag = torch.tensor([float(self.elapsed >= limit)], device=self.device)
+                reached = self._reached(target)
+                if self.world.size > 1:  # every process stops at the same episode (rank 0 decides)
+                    flag = torch.tensor([float(self.elapsed >= limit), float(reached)], device=self.device)
                     torch.distributed.broadcast(flag, 0)
-                    timed_out_everywhere = bool(flag.item())
+                    timed_out_everywhere, reached = bool(flag[0].item()), bool(flag[1].item())
                 else:
                     timed_out_everywhere = self.elapsed >= limit
+                if reached:
+                    print(f"fewshot: validation {self.metric} reached train.stop_at={target} at episode "
+                          f"{self.best_step}; training stops at episode {self.step}", file=sys.stderr)
+                    break
                 if timed_out_everywhere:
                     print(f"fewshot: time limit of {tr['time_limit_minutes']} min reached at episode {self.step}",
                           file=sys.stderr)
@@ -220,9 +228,15 @@ class Trainer:
             self._validate_and_select()  # the run ended for good before its first validation
             self.save()
         lower = self.metric in LOWER_IS_BETTER
-        return {"step": self.step, "completed": self.step >= total, "metric": self.metric,
+        return {"step": self.step, "completed": self.step >= total or self._reached(target), "metric": self.metric,
                 "best": -self.best if lower else self.best, "best_step": self.best_step,
                 "train_seconds": round(self.elapsed, 1)}
+
+    def _reached(self, target: float | None) -> bool:
+        """Whether the best validation score so far reaches ``train.stop_at`` (rank 0's view)."""
+        if target is None or self.best == -math.inf:
+            return False
+        return self.best >= (-target if self.metric in LOWER_IS_BETTER else target)
 
     def _validate_and_select(self) -> None:
         if not self.world.main:  # only rank 0 validates and selects (the weights are the same everywhere)
