@@ -109,6 +109,7 @@ def test_ntm_trains_and_tests_through_the_engine(tmp_path):
     results = trainer.test()["test"]
     assert [r["name"] for r in results] == ["ntm-copy-L3", "ntm-copy-L6"]
     assert results[0]["metric"] == "bit_errors" and 0 <= results[1]["values"]["wrong_bit_fraction"] <= 1
+    assert results[0]["split"] == "generated" and results[0]["ways"] == results[0]["shots"] == 0
     assert "best_val_bit_errors" in (tmp_path / "run" / "metrics.jsonl").read_text()
 
 

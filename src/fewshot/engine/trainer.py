@@ -330,6 +330,17 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def split_name(data: dict[str, Any]) -> str:
+    """The class split a summary reports: ``data.split`` where it applies, else how the test classes arise."""
+    if data["dataset"] in ("omniglot", "orl", "fsdd", "cats_dogs"):
+        return data["split"]
+    if data["dataset"] == "xlsa17":
+        return "proposed split (att_splits.mat)"
+    if data["dataset"] == "attributes":
+        return "seeded unseen classes"
+    return "generated"  # sinusoid, logistic, synthetic and sequence tasks: drawn afresh, no split
+
+
 def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str | None = None,
              results_name: str = "results.json") -> dict[str, Any]:
     """Evaluate a run's ``best`` (or ``last``) checkpoint on every test setting of ``config['eval']``.
@@ -377,7 +388,7 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
                            "training_lengths": [data.min_length, data.max_length]}
         summaries.append({
             "name": f"{prefix}-{key}", "method": config["method"], "dataset": config["data"]["dataset"],
-            "split": config["data"]["split"], "ways": w, "shots": s, "queries": ev["queries"],
+            "split": split_name(config["data"]), "ways": w, "shots": s, "queries": ev["queries"],
             "metric": r["metric"], "mean": r["mean"], "ci95": r["ci95"], "tasks": r["tasks"],
             "paper": config["reproduce"]["paper"].get(key), "train_seconds": round(last.get("elapsed", 0.0)),
             "train_episodes": last.get("step"), "selected_step": state.get("step"), "checkpoint": which,
@@ -387,8 +398,8 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
             "revision": env.get("revision") or git_revision(), "run": run_dir.name})
         if "values" in r:
             summaries[-1]["values"] = r["values"]
-        if isinstance(data, SequenceFamily):  # generated sequences: no class split, no ways or shots
-            summaries[-1].update(split="generated", ways=0, shots=0, queries=0)
+        if isinstance(data, SequenceFamily):  # generated sequences: no ways or shots
+            summaries[-1].update(ways=0, shots=0, queries=0)
         if "instance_accuracy" in r.get("values", {}):  # MANN: one row per reported presentation
             inst = r["values"]["instance_accuracy"]
             base = summaries[-1]
