@@ -44,7 +44,8 @@ def _print_results(results: dict[str, Any]) -> None:
         print(f"{r['name']}: {value} over {r['tasks']} {unit}{paper}")
 
 
-def _train(config: dict[str, Any], out: str | None, resume: str | None, test: bool = True) -> Path:
+def _train(config: dict[str, Any], out: str | None, resume: str | None, test: bool = True,
+           command: str = "train") -> Path:
     from fewshot.engine.runs import new_run_dir
     from fewshot.engine.trainer import Trainer
 
@@ -68,7 +69,7 @@ def _train(config: dict[str, Any], out: str | None, resume: str | None, test: bo
     print(f"trained {summary['step']} episodes in {summary['train_seconds']:.0f} s; best validation {summary['metric']} "
           f"{summary['best']:.4g} at episode {summary['best_step']}", flush=True)
     if not summary["completed"] and trainer._stop_requested:
-        print(f"stopped early; continue with: fewshot train --resume {run}", flush=True)
+        print(f"stopped early; continue with: fewshot {command} --resume {run}", flush=True)
         raise SystemExit(130)
     if test and trainer.world.main:
         _print_results(trainer.test())
@@ -124,7 +125,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         if args.name not in table:
             raise FewshotError(f"no reproduction named {args.name!r}; available: {', '.join(sorted(table))}.")
         config = load_config(table[args.name], _overrides(args))
-    run = _train(config, args.out, args.resume)
+    run = _train(config, args.out, args.resume, command="reproduce")
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 tests and writes the results
         return
     results = json.loads((run / "results.json").read_text())
