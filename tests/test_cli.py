@@ -145,3 +145,15 @@ def test_bench_times_any_config(tmp_path, capsys):
     assert code != 0 and "no config named" in err
     code, _, err = run_cli(capsys, "bench", "ntm/copy", "--ways", "5")
     assert code != 0 and "--ways apply to `fewshot bench protonet` only" in err
+
+
+def test_results_are_printed_in_their_own_units(capsys):
+    from fewshot.cli import _print_results
+
+    _print_results({"test": [
+        {"name": "a", "metric": "accuracy", "mean": 98.123, "ci95": 0.2, "tasks": 1000, "paper": 98.7},
+        {"name": "b", "metric": "mse", "mean": 0.3613, "ci95": 0.0273, "tasks": 600},
+        {"name": "c", "metric": "bit_errors", "mean": 0.1, "ci95": 0.11, "tasks": 1000}]})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["a: 98.12 ± 0.20 % over 1000 test tasks (paper 98.7)", "b: 0.361 ± 0.027 mse over 600 test tasks",
+                     "c: 0.100 ± 0.110 bit errors per sequence over 1000 test sequences"]

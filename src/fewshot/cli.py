@@ -39,8 +39,12 @@ def _print_results(results: dict[str, Any]) -> None:
     for r in results["test"]:
         paper = f" (paper {r['paper']})" if r.get("paper") is not None else ""
         unit = "test pairs" if r["metric"].startswith("verification") else "test tasks"
-        value = f"{r['mean']:.3f} ± {r['ci95']:.3f} {r['metric']}" if r["metric"] == "mse" else \
-            f"{r['mean']:.2f} ± {r['ci95']:.2f} %"
+        if r["metric"] == "mse":
+            value = f"{r['mean']:.3f} ± {r['ci95']:.3f} mse"
+        elif r["metric"] == "bit_errors":
+            value, unit = f"{r['mean']:.3f} ± {r['ci95']:.3f} bit errors per sequence", "test sequences"
+        else:
+            value = f"{r['mean']:.2f} ± {r['ci95']:.2f} %"
         print(f"{r['name']}: {value} over {r['tasks']} {unit}{paper}")
 
 
