@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -20,15 +21,21 @@ def fmt_time(seconds: float | None) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def natural(name: str) -> list[int | str]:
+    """Sort key that puts inst2 before inst10 and L20 before L100."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
 def table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks" / "results").glob("*.json"))]
-    rows.sort(key=lambda r: (r["method"], r["dataset"], r.get("shots", 0), r.get("ways", 0), r["name"]))
-    lines = ["| setting | metric | paper | seed code | ours (mean ± 95% CI) | test tasks | training time | machine | config |",
+    rows.sort(key=lambda r: (r["method"], r["dataset"], r.get("shots", 0), r.get("ways", 0), r.get("config") or "",
+                             r.get("values", {}).get("length", 0), natural(r["name"])))
+    lines = ["| setting | metric | paper | reference code | ours (mean ± 95% CI) | test tasks | training time | machine | config |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = "—" if r.get("paper") is None else f"{r['paper']}"
-        seed = "—" if r.get("seed_code") is None else f"{r['seed_code']}"
-        digits = 3 if r["metric"] == "mse" else 2
+        seed = "—" if r.get("code") is None else f"{r['code']}"
+        digits = 3 if r["metric"] in ("mse", "bit_errors") else 2
         ours = f"**{r['mean']:.{digits}f} ± {r['ci95']:.{digits}f}**"
         metric = r["metric"].replace("_", " ")
         if r.get("attack"):
