@@ -54,3 +54,10 @@ def test_shard_takes_every_world_size_th_task():
     assert World(0, 2).shard(batch).support_x.flatten().tolist() == [0.0, 2.0, 4.0]
     with pytest.raises(ConfigError, match="meta_batch"):
         World(0, 8).shard(batch)
+
+
+def test_two_processes_stop_together_at_the_validation_target(tmp_path):
+    """train.stop_at under torchrun: rank 0 validates, every process leaves at the same step (no hang)."""
+    sets = [a for s in SETTINGS + ["train.stop_at=1"] for a in ("--set", s)]
+    run_cli(["train", "maml", *sets, "--out", str(tmp_path / "two"), "--no-test"], 2)
+    assert torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)["step"] == 3

@@ -101,6 +101,7 @@ class Trainer:
             if self.metrics.path.exists():
                 self.metrics.path.unlink()
         self._stop_requested = False
+        self._target_reached = False  # train.stop_at met (the same on every process)
         self._tb = None
 
     # -- state ------------------------------------------------------------------------------
@@ -143,9 +144,11 @@ class Trainer:
               file=sys.stderr)
 
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Train until ``train.episodes`` (or ``stop_after`` episodes in this call, or the time limit).
+        """Train until ``train.episodes``, or until the best validation metric reaches ``train.stop_at``
+        (rank 0 decides for every process), or ``stop_after`` episodes in this call, or the time limit.
 
-        Returns ``{"step", "completed", "best", "best_step", "train_seconds"}``.
+        Returns ``{"step", "completed", "metric", "best", "best_step", "train_seconds"}``; ``completed`` is
+        true when all episodes ran or the target was reached.
         """
         tr, va = self.config["train"], self.config["val"]
         total = tr["episodes"]
@@ -175,9 +178,11 @@ class Trainer:
                     timed_out_everywhere, reached = bool(flag[0].item()), bool(flag[1].item())
                 else:
                     timed_out_everywhere = self.elapsed >= limit
+                self._target_reached = reached
                 if reached:
-                    print(f"fewshot: validation {self.metric} reached train.stop_at={target} at episode "
-                          f"{self.best_step}; training stops at episode {self.step}", file=sys.stderr)
+                    if self.world.main:
+                        print(f"fewshot: validation {self.metric} reached train.stop_at={target} at episode "
+                              f"{self.best_step}; training stops at episode {self.step}", file=sys.stderr)
                     break
                 if timed_out_everywhere:
                     print(f"fewshot: time limit of {tr['time_limit_minutes']} min reached at episode {self.step}",
@@ -228,7 +233,7 @@ class Trainer:
             self._validate_and_select()  # the run ended for good before its first validation
             self.save()
         lower = self.metric in LOWER_IS_BETTER
-        return {"step": self.step, "completed": self.step >= total or self._reached(target), "metric": self.metric,
+        return {"step": self.step, "completed": self.step >= total or self._target_reached, "metric": self.metric,
                 "best": -self.best if lower else self.best, "best_step": self.best_step,
                 "train_seconds": round(self.elapsed, 1)}
 

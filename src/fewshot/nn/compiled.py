@@ -7,9 +7,9 @@ fuses them. One compiled function per step function, created on first use and sh
 The step is traced as one graph (``fullgraph=True``): a graph break is a defect of the step and raises.
 
 A machine without a working C++ compiler fails in the backend while the forward step is compiled, on the
-first call; that failure becomes one sentence saying to turn the switch off. (The backward graph is compiled
-later, on the first ``backward()``, by the same backend, so it cannot fail where the forward succeeded for
-want of a compiler.) Errors of the step itself — shapes, dtypes — pass through unchanged.
+first call; that failure becomes one sentence saying to turn the switch off. The backward graph is compiled
+later, inside the first ``backward()``, outside this wrapper: a backend failure there (rare where the forward
+compiled) surfaces as torch raises it. Errors of the step itself — shapes, dtypes — pass through unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch._dynamo.exc import BackendCompilerFailed
 
 from fewshot.errors import ConfigError
 
@@ -28,8 +27,11 @@ _CACHE: dict[Callable[..., Any], Callable[..., Any]] = {}
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` compiled once with static shapes (``torch.compile(fn, dynamic=False, fullgraph=True)``).
 
-    A backend failure (no C++ compiler, inductor error) is raised as :class:`ConfigError`.
+    A backend failure while the forward step compiles (no C++ compiler, inductor error) is raised as
+    :class:`ConfigError`.
     """
+    from torch._dynamo.exc import BackendCompilerFailed  # here, not at import: loading dynamo costs ~1 s
+
     if fn not in _CACHE:
         inner = torch.compile(fn, dynamic=False, fullgraph=True)
 
