@@ -69,6 +69,14 @@ def test_parameter_counts_of_the_reference_layouts(feedback, count):
     assert sum(p.numel() for p in MANN(400, 5, controller_input=feedback).parameters()) == count
 
 
+@pytest.mark.parametrize("config,count", [("mann/omniglot", 679729), ("mann/omniglot-tf-code", 961329)])
+def test_shipped_configs_build_the_reference_layouts(config, count):
+    from fewshot.engine.config import load_config
+    from fewshot.methods import build_method
+
+    assert sum(p.numel() for p in build_method(load_config(config), (400,)).parameters()) == count
+
+
 def test_per_instance_accuracy_with_missing_instances():
     batch = LabelSequenceBatch(torch.zeros(2, 3, 1), torch.tensor([[0, 0, 1], [1, 0, 1]]), 2)
     logits = torch.tensor([[[1.0, 0], [0, 1.0], [0, 1.0]], [[0, 1.0], [1.0, 0], [1.0, 0]]])
