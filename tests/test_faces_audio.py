@@ -105,3 +105,24 @@ def test_cats_dogs_split_by_clip(omniglot_root):
     assert not clips["train"] & clips["test"] and not clips["train"] & clips["val"] and not clips["val"] & clips["test"]
     assert [len({c for c in clips[p] if c.startswith(k + "/")}) for p in ("train", "val", "test") for k in ("Cats",)] == [8, 2, 4]
     assert all(d.min_count >= 10 for d in parts.values())
+
+
+@pytest.mark.parametrize("split,field,sizes", [("speakers:0", 1, (3, 1, 2)), ("digits:0", 0, (4, 2, 4))])
+def test_fsdd_splits_by_speaker_or_digit_hold_them_out(split, field, sizes):
+    """Every part holds all (digit, speaker) classes of its own speakers (or digits), none shared."""
+    names = [f"{d}_{s}" for d in range(10) for s in ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")]
+    groups = {}
+    for part, size in zip(("train", "val", "test"), sizes):
+        idx = audio.fsdd_classes(split, part, names)
+        groups[part] = {names[i].split("_")[field] for i in idx}
+        assert len(groups[part]) == size and len(idx) == size * (10 if field == 1 else 6)
+    assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"] and not groups["val"] & groups["test"]
+    assert audio.fsdd_classes(split, "test", names) == audio.fsdd_classes(split, "test", names)  # seeded
+    with pytest.raises(DataError, match="speakers:<seed> or digits:<seed>"):
+        audio.fsdd_classes("voices:0", "test", names)
+
+
+def test_fsdd_unseen_speakers_from_the_files(omniglot_root):
+    train, test = audio.fsdd("train", "speakers:0", omniglot_root), audio.fsdd("test", "speakers:0", omniglot_root)
+    assert train.num_classes == 30 and test.num_classes == 20
+    assert not {n.split("_")[1] for n in train.names} & {n.split("_")[1] for n in test.names}

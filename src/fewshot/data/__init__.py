@@ -28,9 +28,10 @@ def build_dataset(data: dict[str, Any], part: str) -> "ClassDataset | TaskFamily
         return omniglot(part, data["split"], data.get("dir"), data["image_size"], data["resample"], data["rotation"])
     if name in ("orl", "fsdd", "cats_dogs"):
         split = data["split"]
-        if not split.startswith("random:"):
+        if not split.startswith("random:") and not (name == "fsdd" and split.startswith(("speakers:", "digits:"))):
+            extra = " (FSDD also takes speakers:<seed> or digits:<seed>: unseen speakers or digits)" if name == "fsdd" else ""
             raise ConfigError(f"data.split={split!r} does not apply to {name}; use random:<seed>[:<train>/<val>/<test>] "
-                              "(a split by class).")
+                              f"(a split by class){extra}.")
         if name == "orl":
             from fewshot.data.faces import orl_faces
 

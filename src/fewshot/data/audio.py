@@ -134,9 +134,33 @@ def load_fsdd(data_dir: str | os.PathLike | None = None) -> tuple[dict[str, list
     return {k: [v[i] for i in sorted(v)] for k, v in sorted(clips.items())}, int(rate)
 
 
+FSDD_SPLITS = {"random": (30, 10, 20), "speakers": (3, 1, 2), "digits": (4, 2, 4)}  # default part sizes
+
+
+def fsdd_classes(split: str, part: str, names: list[str]) -> list[int]:
+    """Indices of the ``<digit>_<speaker>`` classes of ``part`` under an FSDD split.
+
+    ``random:<seed>[:a/b/c]`` cuts the 60 (digit, speaker) classes (default 30/10/20): a test class is
+    new as a pair, but its digit and its speaker occur in training. ``speakers:<seed>[:a/b/c]`` cuts the
+    speakers (default 3/1/2) and ``digits:<seed>[:a/b/c]`` the digits (default 4/2/4); a part then holds
+    every (digit, speaker) class of its speakers or digits, so no test speaker (or digit) is heard in training.
+    """
+    kind, _, rest = split.partition(":")
+    if kind not in FSDD_SPLITS:
+        raise DataError(f"cannot read FSDD split {split!r}; write random:<seed>, speakers:<seed> or digits:<seed>, "
+                        "each optionally followed by :<train>/<val>/<test>.")
+    if kind == "random":
+        return random_class_split(split, part, len(names), FSDD_SPLITS["random"])
+    field = 1 if kind == "speakers" else 0
+    groups = sorted({n.split("_")[field] for n in names})
+    chosen = {groups[i] for i in random_class_split(f"random:{rest}", part, len(groups), FSDD_SPLITS[kind])}
+    return [i for i, n in enumerate(names) if n.split("_")[field] in chosen]
+
+
 def fsdd(part: str, split: str = "random:0", data_dir: str | os.PathLike | None = None, seconds: float = 1.0,
          n_mfcc: int = 20, n_fft: int = 256, hop: int = 80, n_mels: int = 40) -> ClassDataset:
-    """One class-disjoint part of FSDD as MFCC items ``[1, n_mfcc, frames]``, standardized with training statistics."""
+    """One class-disjoint part of FSDD (:func:`fsdd_classes`) as MFCC items ``[1, n_mfcc, frames]``,
+    standardized with training statistics."""
     clips, rate = load_fsdd(data_dir)
     names = list(clips)
     length = int(round(seconds * rate))
@@ -145,9 +169,9 @@ def fsdd(part: str, split: str = "random:0", data_dir: str | os.PathLike | None 
         waves = torch.stack([fix_length(w, length) for i in idx for w in clips[names[i]]])
         return mfcc(waves, rate, n_mfcc, n_fft, hop, n_mels)  # [n, n_mfcc, frames]
 
-    train = features(random_class_split(split, "train", len(names), (30, 10, 20)))
+    train = features(fsdd_classes(split, "train", names))
     mean, std = train.mean(dim=(0, 2), keepdim=True), train.std(dim=(0, 2), keepdim=True).clamp_min(1e-5)
-    idx = random_class_split(split, part, len(names), (30, 10, 20))
+    idx = fsdd_classes(split, part, names)
     feats = ((features(idx) - mean) / std).view(len(idx), 50, 1, n_mfcc, -1)
     return ClassDataset.from_blocks(feats.contiguous(), [names[i] for i in idx], scale=1.0)
 
