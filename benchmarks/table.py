@@ -30,11 +30,11 @@ def table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks" / "results").glob("*.json"))]
     rows.sort(key=lambda r: (r["method"], r["dataset"], r.get("shots", 0), r.get("ways", 0), r.get("config") or "",
                              r.get("values", {}).get("length", 0), natural(r["name"])))
-    lines = ["| setting | metric | paper | reference code | ours (mean ± 95% CI) | test tasks | training time | machine | config |",
+    lines = ["| setting | metric | paper | seed code | ours (mean ± 95% CI) | test tasks | training time | machine | config |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = "—" if r.get("paper") is None else f"{r['paper']}"
-        seed = "—" if r.get("code") is None else f"{r['code']}"
+        seed = "—" if r.get("seed_code") is None else f"{r['seed_code']}"
         digits = 3 if r["metric"] in ("mse", "bit_errors") else 2
         ours = f"**{r['mean']:.{digits}f} ± {r['ci95']:.{digits}f}**"
         metric = r["metric"].replace("_", " ")

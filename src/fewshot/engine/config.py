@@ -81,10 +81,10 @@ DEFAULTS: dict[str, Any] = {
              "attack": "none", "attack_eps": [], "pgd_steps": 10,  # robustness: fgsm | pgd at each ε
              "lengths": [],  # sequence tasks: evaluate at these lengths (default: the training maximum)
              "report_instances": [1, 2, 3, 4, 5, 10]},  # labelled sequences: per-instance accuracy rows
-    "reproduce": {"prefix": None, "paper": {}, "code": {}},  # paper / reference-code numbers per summary key
+    "reproduce": {"prefix": None, "paper": {}, "seed_code": {}},  # the paper's / the seed code's number per summary key
 }
 
-FREE_FORM = {("reproduce", "paper"), ("reproduce", "code")}  # dicts whose keys are not checked
+FREE_FORM = {("reproduce", "paper"), ("reproduce", "seed_code")}  # dicts whose keys are not checked
 #: the type of settings whose default is None (None stays allowed)
 NULLABLE = {"name": str, "source": str, "data.dir": str, "train.grad_clip": float, "train.time_limit_minutes": float, "train.stop_at": float,
             "reproduce.prefix": str}

@@ -450,9 +450,9 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
                           "values": {"roc_auc": v["auc"], "threshold": v["threshold"],
                                      "val_accuracy_at_threshold": v["val_accuracy_at_threshold"]},
                           "eval_seconds": round(time.perf_counter() - t, 1)})
-    code = config["reproduce"]["code"]  # the public reference code's own numbers, where the spec records them
+    seed_code = config["reproduce"]["seed_code"]  # the seed code's own number (spec/README.md), where recorded
     for summary in summaries:
-        summary["code"] = code.get(summary["name"][len(prefix) + 1:])
+        summary["seed_code"] = seed_code.get(summary["name"][len(prefix) + 1:])
     results = {"name": config["name"], "test": summaries}
     write_json(run_dir / results_name, results)
     return results
