@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -70,8 +71,9 @@ def _train(config: dict[str, Any], out: str | None, resume: str | None, test: bo
     print(f"run folder: {run}", flush=True)
     summary = trainer.fit()
     trainer.world.close()  # rank 0 tests alone, after every process has left the group
-    print(f"trained {summary['step']} episodes in {summary['train_seconds']:.0f} s; best validation {summary['metric']} "
-          f"{summary['best']:.4g} at episode {summary['best_step']}", flush=True)
+    best = (f"best validation {summary['metric']} {summary['best']:.4g} at episode {summary['best_step']}"
+            if math.isfinite(summary["best"]) else "no validation yet")
+    print(f"trained {summary['step']} episodes in {summary['train_seconds']:.0f} s; {best}", flush=True)
     if not summary["completed"] and trainer._stop_requested:
         print(f"stopped early; continue with: fewshot {command} --resume {run}", flush=True)
         raise SystemExit(130)
