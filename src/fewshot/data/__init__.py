@@ -11,6 +11,10 @@ from fewshot.errors import ConfigError
 DATASETS = ("omniglot", "orl", "fsdd", "cats_dogs", "synthetic", "attributes", "xlsa17", "sinusoid", "logistic", "sequences")
 
 
+#: datasets whose test classes come from ``data.split``
+CLASS_SPLIT = ("omniglot", "orl", "fsdd", "cats_dogs")
+
+
 def build_dataset(data: dict[str, Any], part: str) -> "ClassDataset | TaskFamily":
     """The class dataset (or function task family) of one split ``part`` of a config's ``data`` section."""
     name = data["dataset"]
@@ -28,10 +32,9 @@ def build_dataset(data: dict[str, Any], part: str) -> "ClassDataset | TaskFamily
         return omniglot(part, data["split"], data.get("dir"), data["image_size"], data["resample"], data["rotation"])
     if name in ("orl", "fsdd", "cats_dogs"):
         split = data["split"]
-        if not split.startswith("random:") and not (name == "fsdd" and split.startswith(("speakers:", "digits:"))):
-            extra = " (FSDD also takes speakers:<seed> or digits:<seed>: unseen speakers or digits)" if name == "fsdd" else ""
+        if name != "fsdd" and not split.startswith("random:"):  # FSDD reads its own split kinds (fsdd_classes)
             raise ConfigError(f"data.split={split!r} does not apply to {name}; use random:<seed>[:<train>/<val>/<test>] "
-                              f"(a split by class){extra}.")
+                              "(a split by class).")
         if name == "orl":
             from fewshot.data.faces import orl_faces
 
@@ -56,4 +59,15 @@ def build_dataset(data: dict[str, Any], part: str) -> "ClassDataset | TaskFamily
     raise ConfigError(f"unknown data.dataset {name!r}; available: {', '.join(DATASETS)}.")
 
 
-__all__ = ["DATASETS", "ClassDataset", "TaskFamily", "build_dataset"]
+def split_name(data: dict[str, Any]) -> str:
+    """The class split a summary reports: ``data.split`` where it applies, else how the test classes arise."""
+    if data["dataset"] in CLASS_SPLIT:
+        return data["split"]
+    if data["dataset"] == "xlsa17":
+        return "proposed split (att_splits.mat)"
+    if data["dataset"] == "attributes":
+        return "seeded unseen classes"
+    return "generated"  # sinusoid, logistic, synthetic and sequence tasks: drawn afresh, no split
+
+
+__all__ = ["DATASETS", "ClassDataset", "TaskFamily", "build_dataset", "split_name"]

@@ -146,15 +146,20 @@ def fsdd_classes(split: str, part: str, names: list[str]) -> list[int]:
     every (digit, speaker) class of its speakers or digits, so no test speaker (or digit) is heard in training.
     """
     kind, _, rest = split.partition(":")
-    if kind not in FSDD_SPLITS:
-        raise DataError(f"cannot read FSDD split {split!r}; write random:<seed>, speakers:<seed> or digits:<seed>, "
-                        "each optionally followed by :<train>/<val>/<test>.")
-    if kind == "random":
-        return random_class_split(split, part, len(names), FSDD_SPLITS["random"])
-    field = 1 if kind == "speakers" else 0
-    groups = sorted({n.split("_")[field] for n in names})
-    chosen = {groups[i] for i in random_class_split(f"random:{rest}", part, len(groups), FSDD_SPLITS[kind])}
-    return [i for i, n in enumerate(names) if n.split("_")[field] in chosen]
+    field = {"speakers": 1, "digits": 0}.get(kind)
+    groups = sorted({n.split("_")[field] for n in names}) if field is not None else names
+    try:
+        if kind not in FSDD_SPLITS:
+            raise DataError("unknown split kind")
+        chosen = random_class_split(f"random:{rest}", part, len(groups), FSDD_SPLITS[kind])
+    except DataError:
+        raise DataError(f"cannot use FSDD split {split!r}: write data.split as random:<seed>, speakers:<seed> or "
+                        "digits:<seed>, optionally followed by :<train>/<val>/<test> sizes that add up to at most "
+                        "60 classes, 6 speakers or 10 digits.") from None
+    if field is None:  # random: the (digit, speaker) classes themselves
+        return chosen
+    keep = {groups[i] for i in chosen}
+    return [i for i, n in enumerate(names) if n.split("_")[field] in keep]
 
 
 def fsdd(part: str, split: str = "random:0", data_dir: str | os.PathLike | None = None, seconds: float = 1.0,

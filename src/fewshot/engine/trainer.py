@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from fewshot.data import build_dataset
+from fewshot.data import build_dataset, split_name
 from fewshot.data.sequences import SequenceFamily
 from fewshot.engine.checkpoint import load_checkpoint, save_checkpoint
 from fewshot.engine.config import dump_config
@@ -333,17 +333,6 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def split_name(data: dict[str, Any]) -> str:
-    """The class split a summary reports: ``data.split`` where it applies, else how the test classes arise."""
-    if data["dataset"] in ("omniglot", "orl", "fsdd", "cats_dogs"):
-        return data["split"]
-    if data["dataset"] == "xlsa17":
-        return "proposed split (att_splits.mat)"
-    if data["dataset"] == "attributes":
-        return "seeded unseen classes"
-    return "generated"  # sinusoid, logistic, synthetic and sequence tasks: drawn afresh, no split
 
 
 def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str | None = None,
