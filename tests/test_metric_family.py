@@ -287,3 +287,55 @@ def test_matching_learned_scale_starts_at_the_given_scale_and_trains():
     loss.backward()
     assert learned.log_scale.grad is not None and float(learned.log_scale.grad) != 0.0
     assert "log_scale" not in dict(fixed.named_parameters())
+
+
+# -- evaluation embeds each test item once -------------------------------------------------------------
+@pytest.mark.parametrize("method,extra,options", [
+    ("protonet", [], {}),
+    ("matching", ["model.fce=true", "model.fce_steps=2"], {}),
+    ("gaussian", ["model.covariance=diagonal", "model.embed_dim=16"], {}),
+    ("siamese", [], {}),
+    ("semiproto", ["model.mode=masked"], {"unlabeled": 2, "distractors": 1}),
+    ("relation", ["model.backbone=convmap", "model.norm=eval"], {}),
+    ("batmann", ["model.backbone=batmann", "model.width=8", "model.dim=32"], {}),
+])
+def test_cached_embeddings_give_the_same_tasks_and_scores(method, extra, options):
+    torch.manual_seed(0)
+    image = method in ("relation", "batmann")
+    dim = {"batmann": 1024, "relation": 784}.get(method, 16)
+    test = gaussian_classes("test", classes=100, dim=dim, image=image)
+    backbone = [] if image else ["model.backbone=mlp", "model.hidden=[32, 16]", "model.norm=eval"]
+    model = build_method(load_config(method, backbone + extra), test.item_shape)
+    model.train()  # a trained-looking state: BatchNorm running statistics away from their defaults
+    with torch.no_grad():
+        model.encode(model.encoder, torch.randn(1, 64, *test.item_shape) + 0.5)
+    encoder, calls = model.encoder, []
+    encoder.register_forward_hook(lambda *_: calls.append(1))
+    cached = evaluate(model, test, 5, 1, 3, 60, seed=7, batch_tasks=4, **options)
+    n_cached, calls[:] = len(calls), []
+    plain = evaluate(model, test, 5, 1, 3, 60, seed=7, batch_tasks=4, cache=False, **options)
+    assert (cached["mean"], cached["ci95"]) == pytest.approx((plain["mean"], plain["ci95"]), abs=1e-9)
+    assert 0.0 < plain["mean"] < 100.0  # an untrained model: the comparison is not between two constants
+    assert n_cached == 1 and len(calls) >= 15  # one pass over the 400 items, against one per batch of tasks
+    assert model.encoder is encoder and model.training  # the model is given back as it was
+
+
+def test_no_cache_under_batch_statistics_augmentation_or_attack():
+    test = gaussian_classes("test", classes=100, dim=16)
+    config = load_config("protonet", ["model.backbone=mlp", "model.hidden=[32, 16]", "model.norm=transductive"])
+    model, calls = build_method(config, test.item_shape), []
+    model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    evaluate(model, test, 5, 1, 3, 60, seed=7, batch_tasks=60)
+    assert len(calls) == 60  # transductive batch statistics: each task is its own batch, never cached
+    images = gaussian_classes("test", classes=100, dim=784, image=True)
+    model = build_method(load_config("protonet", ["model.norm=eval"]), images.item_shape)
+    calls = []
+    model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    evaluate(model, images, 5, 1, 3, 60, seed=7, batch_tasks=60, rotate="per_class")
+    assert len(calls) == 1  # rotated items differ per task: embedded in the task's one batch
+    calls.clear()
+    evaluate(model, images, 5, 1, 3, 8, seed=7, batch_tasks=4)
+    assert len(calls) == 2  # 8 tasks × 20 items < 400 items: caching would cost more than it saves
+    calls.clear()
+    evaluate(model, images, 5, 1, 3, 60, seed=7, batch_tasks=60, attack="fgsm", attack_eps=0.1)
+    assert len(calls) >= 2  # adversarial queries are new items: the attack and the prediction embed them

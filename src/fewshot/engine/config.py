@@ -73,14 +73,16 @@ DEFAULTS: dict[str, Any] = {
         "tensorboard": True,     # when tensorboard is installed
     },
     "val": {"every": 500, "ways": 5, "shots": 1, "queries": 15, "tasks": 200, "seed": 999, "batch_tasks": 1,
-            "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False, "downsample": 0.0},
+            "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False, "downsample": 0.0,
+            "cache": True},  # metric methods embed each item once, not once per task (false: the reference path)
     "eval": {"ways": [5, 20], "shots": [1], "queries": 15, "tasks": 1000, "seed": 1234, "batch_tasks": 1,
              "checkpoint": "best", "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False,
              "downsample": 0.0,  # damaged test images (Fort 2017's degraded-data comparison)
              "report_steps": [],  # methods that adapt at test time: also report the metric after these inner steps
              "attack": "none", "attack_eps": [], "pgd_steps": 10,  # robustness: fgsm | pgd at each ε
              "lengths": [],  # sequence tasks: evaluate at these lengths (default: the training maximum)
-             "report_instances": [1, 2, 3, 4, 5, 10]},  # labelled sequences: per-instance accuracy rows
+             "report_instances": [1, 2, 3, 4, 5, 10],  # labelled sequences: per-instance accuracy rows
+             "cache": True},  # as val.cache
     "reproduce": {"prefix": None, "paper": {}, "seed_code": {}},  # the paper's / the seed code's number per summary key
 }
 

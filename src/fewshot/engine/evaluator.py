@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from fewshot.data.classdataset import ClassDataset
-from fewshot.methods.base import Method, accuracy
+from fewshot.methods.base import Method, accuracy, uses_batch_statistics
 from fewshot.tasks.sampler import EpisodeSampler, make_sampler
 
 
@@ -50,10 +50,45 @@ def input_range(dataset) -> tuple[float, float]:
     return -math.inf, math.inf
 
 
+#: the largest embedding table :func:`embedded_dataset` builds (bytes); beyond it items are embedded per task
+CACHE_LIMIT_BYTES = 2 << 30
+
+
+def embedded_dataset(model: Method, dataset: ClassDataset, tasks: int, items_per_task: int,
+                     device: str | torch.device = "cpu", memory_format: torch.memory_format | None = None,
+                     chunk: int = 512, **sampler_options: Any) -> ClassDataset | None:
+    """``dataset`` with every item replaced by its embedding ``model.encoder(item)``, or None where that
+    would change a result or save nothing.
+
+    Metric methods (``cache_embeddings``) touch raw items only through an encoder applied to each item on its
+    own, so in ``eval()`` mode, without batch statistics and without per-task augmentation (rotation, affine,
+    down-sampling), an item's embedding is the same in every task. Embedding each test item once, instead of
+    once per task that draws it, gives the same tasks (the sampler draws indices, not values) and the same
+    scores up to float round-off. Used only when the tasks would embed more items than the dataset holds
+    and the table stays under :data:`CACHE_LIMIT_BYTES`. The model must already be in ``eval()`` mode.
+    """
+    if (not getattr(model, "cache_embeddings", False) or not isinstance(dataset, ClassDataset)
+            or sampler_options.get("rotate", "none") != "none" or sampler_options.get("affine")
+            or sampler_options.get("downsample") or uses_batch_statistics(model.encoder)
+            or tasks * items_per_task <= len(dataset.images)):
+        return None
+    parts: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for i in range(0, len(dataset.images), chunk):
+            x = dataset.to_float(dataset.images[i:i + chunk]).to(device)
+            if memory_format is not None and x.ndim == 4:
+                x = x.contiguous(memory_format=memory_format)
+            parts.append(model.encoder(x).float().cpu())
+            if parts[0][0].numel() * 4 * len(dataset.images) > CACHE_LIMIT_BYTES:
+                return None
+    return ClassDataset(torch.cat(parts), dataset.counts, dataset.names, scale=1.0, attributes=dataset.attributes,
+                        sources=dataset.sources)
+
+
 def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks: int,
              seed: int, batch_tasks: int = 20, device: str | torch.device = "cpu",
              memory_format: torch.memory_format | None = None, autocast: Any = None,
-             attack: str = "none", attack_eps: float = 0.0, pgd_steps: int = 10,
+             attack: str = "none", attack_eps: float = 0.0, pgd_steps: int = 10, cache: bool = True,
              **sampler_options: Any) -> dict[str, Any]:
     """Mean ± 95 % CI of ``model`` on ``tasks`` seeded tasks: the same seed gives the same tasks.
 
@@ -63,12 +98,12 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
     adapt at test time (``needs_grad_at_test``); those also report the metric after every inner step
     (``curve``: step 0 = before adaptation). ``attack`` (``fgsm`` or ``pgd``) replaces every query item
     by a white-box adversarial example of L∞ size ``attack_eps`` against the model adapted on the clean
-    support set (:mod:`fewshot.methods.adversarial`). ``sampler_options`` go to the sampler.
+    support set (:mod:`fewshot.methods.adversarial`). ``sampler_options`` go to the sampler. With ``cache``,
+    metric methods embed every item once (:func:`embedded_dataset`) instead of once per task.
     """
-    sampler = make_sampler(dataset, ways, shots, queries, batch_size=min(batch_tasks, tasks), seed=seed,
-                           name="evaluation", **sampler_options)
     was_training = model.training
     model.eval()
+    encoder = None
     adapts = getattr(model, "needs_grad_at_test", False)
     per_step: list[list[torch.Tensor]] = []
     instances: list[torch.Tensor] = []  # labelled sequences: accuracy per presentation of a label
@@ -77,6 +112,15 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
     if attack != "none":
         from fewshot.methods.adversarial import attack_queries
     try:
+        if cache and attack == "none":
+            unlabeled = sampler_options.get("unlabeled", 0)
+            per_task = ways * (shots + queries + unlabeled) + sampler_options.get("distractors", 0) * unlabeled
+            with autocast or nullcontext():
+                table = embedded_dataset(model, dataset, tasks, per_task, device, memory_format, **sampler_options)
+            if table is not None:  # the model sees embeddings; its encoder is put back in `finally`
+                dataset, encoder, model.encoder, memory_format = table, model.encoder, torch.nn.Identity(), None
+        sampler = make_sampler(dataset, ways, shots, queries, batch_size=min(batch_tasks, tasks), seed=seed,
+                               name="evaluation", **sampler_options)
         with (torch.no_grad() if adapts or attack != "none" else torch.inference_mode()), (autocast or nullcontext()):
             for batch in sampler.fixed_tasks_iter(tasks):
                 batch = batch.to(device, memory_format)
@@ -93,6 +137,8 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
                         per_step.append([])
                     per_step[j].append(scores)
     finally:
+        if encoder is not None:
+            model.encoder = encoder
         model.train(was_training)
     stats = [mean_ci95(torch.cat(s)) for s in per_step]
     mean, ci = stats[-1]

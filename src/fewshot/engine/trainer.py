@@ -133,7 +133,7 @@ class Trainer:
         va = self.config["val"]
         with self.autocast():
             return evaluate(self.model, self.val_data, va["ways"], va["shots"], va["queries"], va["tasks"],
-                            va["seed"], va["batch_tasks"], self.device, self.memory_format,
+                            va["seed"], va["batch_tasks"], self.device, self.memory_format, cache=va["cache"],
                             **sampler_options(self.config, "val"))
 
     def _on_sigint(self, signum, frame) -> None:  # noqa: ARG002
@@ -373,7 +373,8 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
     summaries = []
     for w, s in settings:
         t = time.perf_counter()
-        r = evaluate(model, data, w, s, ev["queries"], ev["tasks"], ev["seed"], ev["batch_tasks"], device, **options)
+        r = evaluate(model, data, w, s, ev["queries"], ev["tasks"], ev["seed"], ev["batch_tasks"], device,
+                     cache=ev["cache"], **options)
         key = f"k{s}" if r["metric"] == "mse" else f"{w}w{s}s"
         if isinstance(data, SequenceFamily):  # sequence tasks: one bucket per evaluation length
             key, length = f"L{s}", s

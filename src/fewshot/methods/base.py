@@ -31,6 +31,9 @@ class Method(nn.Module):
     """Base class: a shared default ``train_step`` and per-task encoding."""
 
     name: ClassVar[str] = ""
+    #: True when raw items reach the model only through ``self.encoder`` applied to each item on its own
+    #: (metric methods), so evaluation may embed every test item once (``evaluator.embedded_dataset``)
+    cache_embeddings: ClassVar[bool] = False
     #: the method's own ``model`` settings and defaults (may also change shared ones, e.g. ``backbone``)
     defaults: ClassVar[dict[str, Any]] = {}
 

@@ -169,6 +169,7 @@ class BATMANN(Method):
     ``train_keys=bipolar`` stores sign()-ed support keys during training too (binarized controllers).
     """
 
+    cache_embeddings: ClassVar[bool] = True
     name: ClassVar[str] = "batmann"
     defaults: ClassVar[dict[str, Any]] = {"backbone": "batmann", "norm": "none", "dim": 512, "width": 128,
                                           "binarize": "none", "first_last": "fp", "sharpen": "softabs",

@@ -54,6 +54,7 @@ class ProtoNet(Method):
     (1 = the paper's sum over dimensions; a mean over D would be a hidden temperature of D).
     """
 
+    cache_embeddings: ClassVar[bool] = True
     name: ClassVar[str] = "protonet"
     defaults: ClassVar[dict[str, Any]] = {"distance": "sqeuclidean", "temperature": 1.0}
 
@@ -140,6 +141,7 @@ class MatchingNet(Method):
     caps how sharp the attention can be.
     """
 
+    cache_embeddings: ClassVar[bool] = True
     name: ClassVar[str] = "matching"
     defaults: ClassVar[dict[str, Any]] = {"similarity": "cosine", "fce": False, "fce_steps": 5, "scale": 1.0,
                                           "learn_scale": False}
@@ -213,6 +215,7 @@ class GaussianProtoNet(Method):
     :meth:`confidence` returns each query's own precision, a confidence / out-of-distribution score.
     """
 
+    cache_embeddings: ClassVar[bool] = True
     name: ClassVar[str] = "gaussian"
     defaults: ClassVar[dict[str, Any]] = {"covariance": "radius", "transform": "softplus", "embed_dim": 64}
 

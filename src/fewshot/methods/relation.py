@@ -96,6 +96,7 @@ class RelationNet(Method):
     The paper evaluates with batch statistics (``model.norm=transductive``).
     """
 
+    cache_embeddings: ClassVar[bool] = True
     name: ClassVar[str] = "relation"
     defaults: ClassVar[dict[str, Any]] = {"backbone": "convmap", "norm": "transductive", "aggregate": "sum",
                                           "relation_hidden": 8, "relation_loss": "mse"}

@@ -63,6 +63,7 @@ class SemiSupervisedProtoNet(Method):
     this is exactly ProtoNet.
     """
 
+    cache_embeddings: ClassVar[bool] = True
     name: ClassVar[str] = "semiproto"
     defaults: ClassVar[dict[str, Any]] = {"mode": "masked", "refine_steps": 1}
 

@@ -46,6 +46,7 @@ def euclidean_energy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class SiameseNet(Method):
     """Siamese network with a contrastive (``l2``) or Koch weighted-L1 (``weighted_l1``) head."""
 
+    cache_embeddings: ClassVar[bool] = True
     name: ClassVar[str] = "siamese"
     defaults: ClassVar[dict[str, Any]] = {"head": "l2", "margin": 1.0, "balance": True}
 
