@@ -14,6 +14,25 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
+
+
+def load_run(run: Path, which: str = "best") -> tuple[dict[str, Any], Any, Any]:
+    """A run's resolved config, its model with the ``which`` checkpoint loaded, and its test data."""
+    import torch
+
+    from fewshot.data import build_dataset
+    from fewshot.engine.checkpoint import load_checkpoint
+    from fewshot.engine.config import load_config
+    from fewshot.engine.runs import read_run_config
+    from fewshot.methods import build_method
+
+    config = load_config(base=read_run_config(run))
+    torch.set_num_threads(config["threads"])
+    data = build_dataset(config["data"], config["data"]["test_part"])
+    model = build_method(config, data.item_shape)
+    model.load_state_dict(load_checkpoint(run / "checkpoints" / f"{which}.pt")["model"])
+    return config, model, data
 
 
 def main() -> int:
@@ -22,24 +41,14 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--output")
     args = parser.parse_args()
-    import torch
-
-    from fewshot.data import build_dataset
-    from fewshot.engine.checkpoint import load_checkpoint
-    from fewshot.engine.config import load_config
     from fewshot.engine.evaluator import evaluate
-    from fewshot.engine.runs import git_revision, machine_summary, read_run_config, write_json
+    from fewshot.engine.runs import git_revision, machine_summary, write_json
     from fewshot.engine.trainer import sampler_options
-    from fewshot.methods import build_method
 
     rows = []
     for spec in args.runs:
         run, ways, shots = spec.rsplit(":", 2)
-        config = load_config(base=read_run_config(Path(run)))
-        torch.set_num_threads(config["threads"])
-        data = build_dataset(config["data"], config["data"]["test_part"])
-        model = build_method(config, data.item_shape)
-        model.load_state_dict(load_checkpoint(Path(run) / "checkpoints" / "best.pt")["model"])
+        config, model, data = load_run(Path(run))
         ev = config["eval"]
         row = {"run": Path(run).name, "config": config.get("source"), "ways": int(ways), "shots": int(shots),
                "queries": ev["queries"], "tasks": args.tasks, "test_items": len(data.images)}

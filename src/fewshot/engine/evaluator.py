@@ -89,7 +89,7 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
              seed: int, batch_tasks: int = 20, device: str | torch.device = "cpu",
              memory_format: torch.memory_format | None = None, autocast: Any = None,
              attack: str = "none", attack_eps: float = 0.0, pgd_steps: int = 10, cache: bool = True,
-             **sampler_options: Any) -> dict[str, Any]:
+             per_task: bool = False, **sampler_options: Any) -> dict[str, Any]:
     """Mean ± 95 % CI of ``model`` on ``tasks`` seeded tasks: the same seed gives the same tasks.
 
     The metric is accuracy (%) for classification and MSE for regression tasks. The model is put in
@@ -99,7 +99,9 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
     (``curve``: step 0 = before adaptation). ``attack`` (``fgsm`` or ``pgd``) replaces every query item
     by a white-box adversarial example of L∞ size ``attack_eps`` against the model adapted on the clean
     support set (:mod:`fewshot.methods.adversarial`). ``sampler_options`` go to the sampler. With ``cache``,
-    metric methods embed every item once (:func:`embedded_dataset`) instead of once per task.
+    metric methods embed every item once (:func:`embedded_dataset`) instead of once per task. With
+    ``per_task`` the metric of every task is returned too (``per_task``, in task order), for paired comparisons
+    of models evaluated on the same seeded tasks.
     """
     was_training = model.training
     model.eval()
@@ -114,9 +116,9 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
     try:
         if cache and attack == "none":
             unlabeled = sampler_options.get("unlabeled", 0)
-            per_task = ways * (shots + queries + unlabeled) + sampler_options.get("distractors", 0) * unlabeled
+            items = ways * (shots + queries + unlabeled) + sampler_options.get("distractors", 0) * unlabeled
             with autocast or nullcontext():
-                table = embedded_dataset(model, dataset, tasks, per_task, device, memory_format, **sampler_options)
+                table = embedded_dataset(model, dataset, tasks, items, device, memory_format, **sampler_options)
             if table is not None:  # the model sees embeddings; its encoder is put back in `finally`
                 dataset, encoder, model.encoder, memory_format = table, model.encoder, torch.nn.Identity(), None
         sampler = make_sampler(dataset, ways, shots, queries, batch_size=min(batch_tasks, tasks), seed=seed,
@@ -144,6 +146,8 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
     mean, ci = stats[-1]
     result = {"ways": ways, "shots": shots, "queries": queries, "tasks": tasks, "seed": seed, "metric": metric,
               "mean": round(mean, 4 if metric == "mse" else 3), "ci95": round(ci, 4 if metric == "mse" else 3)}
+    if per_task:
+        result["per_task"] = [round(float(v), 4) for v in torch.cat(per_step[-1])]
     if instances:
         table = torch.cat(instances)
         cols = [table[:, k][~table[:, k].isnan()] for k in range(table.shape[1])]
