@@ -14,25 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
-
-
-def load_run(run: Path, which: str = "best") -> tuple[dict[str, Any], Any, Any]:
-    """A run's resolved config, its model with the ``which`` checkpoint loaded, and its test data."""
-    import torch
-
-    from fewshot.data import build_dataset
-    from fewshot.engine.checkpoint import load_checkpoint
-    from fewshot.engine.config import load_config
-    from fewshot.engine.runs import read_run_config
-    from fewshot.methods import build_method
-
-    config = load_config(base=read_run_config(run))
-    torch.set_num_threads(config["threads"])
-    data = build_dataset(config["data"], config["data"]["test_part"])
-    model = build_method(config, data.item_shape)
-    model.load_state_dict(load_checkpoint(run / "checkpoints" / f"{which}.pt")["model"])
-    return config, model, data
 
 
 def main() -> int:
@@ -43,7 +24,7 @@ def main() -> int:
     args = parser.parse_args()
     from fewshot.engine.evaluator import evaluate
     from fewshot.engine.runs import git_revision, machine_summary, write_json
-    from fewshot.engine.trainer import sampler_options
+    from fewshot.engine.trainer import load_run, sampler_options
 
     rows = []
     for spec in args.runs:
@@ -69,4 +50,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from fewshot.errors import FewshotError
+
+    try:
+        raise SystemExit(main())
+    except FewshotError as err:  # bad input: one sentence, no traceback
+        raise SystemExit(f"eval_cache: {err}") from None

@@ -12,10 +12,7 @@ overlap far more than the paired interval suggests). Optionally under an attack 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> int:
@@ -25,12 +22,13 @@ def main() -> int:
     parser.add_argument("--eps", type=float, nargs="*", default=[0.0])
     parser.add_argument("--output")
     args = parser.parse_args()
+    if args.attack != "none" and not any(args.eps):
+        parser.error("--attack needs its sizes, e.g. --eps 0.1 0.2")
     import torch
 
-    from eval_cache import load_run
     from fewshot.engine.evaluator import evaluate, mean_ci95
     from fewshot.engine.runs import git_revision, machine_summary, write_json
-    from fewshot.engine.trainer import sampler_options
+    from fewshot.engine.trainer import load_run, sampler_options
     from fewshot.errors import FewshotError
 
     settings, rows = None, []
@@ -66,4 +64,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from fewshot.errors import FewshotError
+
+    try:
+        raise SystemExit(main())
+    except FewshotError as err:  # bad input (a run folder, differing tasks): one sentence, no traceback
+        raise SystemExit(f"paired: {err}") from None

@@ -192,3 +192,24 @@ def test_stop_at_ends_training_once_validation_reaches_it(tmp_path):
     assert summary["step"] == 10 and summary["completed"] and summary["best"] >= 1  # first validation at 10
     full = Trainer(load_config("protonet", TINY + ["train.stop_at=101"]), tmp_path / "full", progress=False)
     assert full.fit()["step"] == 30
+
+
+def test_load_run_gives_the_tested_model_on_the_same_tasks(tmp_path):
+    from fewshot.engine.evaluator import evaluate
+    from fewshot.engine.trainer import load_run
+
+    t = Trainer(load_config("protonet", TINY), tmp_path / "run", progress=False)
+    t.fit()
+    tested = t.test()["test"][0]
+    config, model, data = load_run(tmp_path / "run")
+    ev = config["eval"]
+    again = evaluate(model, data, 5, 1, ev["queries"], ev["tasks"], ev["seed"], ev["batch_tasks"], per_task=True)
+    assert again["mean"] == tested["mean"] and len(again["per_task"]) == ev["tasks"]
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
+    bigger = tmp_path / "bigger"
+    Trainer(load_config("protonet", TINY + ["model.hidden=[48]"]), bigger, progress=False)
+    (bigger / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_checkpoint(bigger / "checkpoints" / "best.pt", state)  # a checkpoint of another architecture
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_run(bigger)

@@ -79,8 +79,8 @@ def embedded_dataset(model: Method, dataset: ClassDataset, tasks: int, items_per
             if memory_format is not None and x.ndim == 4:
                 x = x.contiguous(memory_format=memory_format)
             parts.append(model.encoder(x).float().cpu())
-            if parts[0][0].numel() * 4 * len(dataset.images) > CACHE_LIMIT_BYTES:
-                return None
+            if i == 0 and parts[0][0].numel() * 4 * len(dataset.images) > CACHE_LIMIT_BYTES:
+                return None  # the whole table would be too large: known from the first chunk
     return ClassDataset(torch.cat(parts), dataset.counts, dataset.names, scale=1.0, attributes=dataset.attributes,
                         sources=dataset.sources)
 

@@ -335,6 +335,33 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def load_run_model(config: dict[str, Any], run_dir: Path, which: str, item_shape: tuple[int, ...],
+                   device: str | torch.device = "cpu", model=None) -> tuple[Any, dict[str, Any]]:
+    """The model of ``config`` (built unless given) with the ``which`` (``best`` / ``last``) checkpoint of
+    ``run_dir`` loaded, and that checkpoint's state."""
+    if model is None:
+        model = build_method(config, item_shape).to(device)
+    state = load_checkpoint(Path(run_dir) / "checkpoints" / f"{which}.pt")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise CheckpointError(f"the {which} checkpoint of {run_dir} does not fit the model of this config; "
+                              "evaluate with the model.* settings the run was trained with.") from None
+    return model, state
+
+
+def load_run(run_dir: Path, which: str = "best") -> tuple[dict[str, Any], Any, Any]:
+    """A trained run as ``(config, model, test data)``: its resolved config, its model with the ``which``
+    checkpoint loaded (on the config's device, with the config's threads), and its test part."""
+    from fewshot.engine.config import load_config
+    from fewshot.engine.runs import read_run_config
+
+    config = load_config(base=read_run_config(Path(run_dir)))
+    torch.set_num_threads(config["threads"])
+    data = build_dataset(config["data"], config["data"]["test_part"])
+    return config, load_run_model(config, run_dir, which, data.item_shape, config["device"])[0], data
+
+
 def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str | None = None,
              results_name: str = "results.json") -> dict[str, Any]:
     """Evaluate a run's ``best`` (or ``last``) checkpoint on every test setting of ``config['eval']``.
@@ -352,14 +379,7 @@ def test_run(config: dict[str, Any], run_dir: Path, model=None, checkpoint: str 
         settings = [(0, length) for length in (ev["lengths"] or [data.max_length])]
     options = sampler_options(config, "eval")
     check_eval_settings(config, data)
-    if model is None:
-        model = build_method(config, data.item_shape).to(device)
-    state = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:
-        raise CheckpointError(f"the {which} checkpoint of {run_dir} does not fit the model of this config; "
-                              "evaluate with the model.* settings the run was trained with.") from None
+    model, state = load_run_model(config, run_dir, which, data.item_shape, device, model)
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt") if (run_dir / "checkpoints" / "last.pt").exists() else {}
     from fewshot.engine.runs import git_revision
 
