@@ -11,7 +11,7 @@ from fewshot.data.synthetic import gaussian_classes
 from fewshot.engine.evaluator import evaluate
 from fewshot.errors import ConfigError
 from fewshot.methods.metanet import MetaNetwork, preprocess_gradient
-from fewshot.tasks import make_sampler
+from fewshot.tasks import TaskBatch, make_sampler
 
 
 def test_gradient_preprocessing_hand_values():
@@ -75,3 +75,65 @@ def test_meta_network_learns_unseen_classes_far_above_chance():
         assert evaluate(model, test, 5, 1, 5, 50, seed=1)["mean"] > 50  # chance: 20 %
     finally:
         torch.set_num_threads(old)
+
+
+def lively(compile: bool = False) -> MetaNetwork:
+    """A float64 model whose meta-learners' last layers are not zero, so fast weights are not trivially zero."""
+    torch.manual_seed(3)
+    model = MetaNetwork(1, 5, 20, width=6, depth=3, feature=8, chunks=3, compile=compile).double()
+    for p in [*model.task_out.parameters(), *(mlp[-1] for mlp in model.example_mlp.values())]:
+        torch.nn.init.normal_(p.weight if isinstance(p, torch.nn.Linear) else p, std=0.5)
+    return model
+
+
+def tiny_batch() -> TaskBatch:
+    g = torch.Generator().manual_seed(0)
+    sx = torch.randn(1, 7, 1, 8, 8, generator=g, dtype=torch.float64)
+    qx = torch.randn(1, 4, 1, 8, 8, generator=g, dtype=torch.float64)
+    return TaskBatch(sx, torch.tensor([[0, 1, 2, 3, 4, 0, 1]]), qx, torch.tensor([[0, 1, 2, 3]]), 5)
+
+
+def test_fast_weights_equal_a_per_parameter_lstm_cell_and_mlp():
+    """The batched coordinate-wise meta-learners (all conv / all fc coordinates at once, hand-written LSTM step)
+    give exactly what nn.LSTMCell and the nn.Sequential MLP give run parameter by parameter."""
+    model, batch = lively(), tiny_batch()
+    sx, sy = batch.support_x[0], batch.support_y[0]
+    kind = MetaNetwork._kind
+    names = model._names(model.key, "ways_train")
+    params = dict(model.key.named_parameters())
+    state = {n: None for n in names}
+    expected = {}
+    for chunk in torch.arange(7).chunk(3):  # chunks of 3, 2, 2 support items; LSTM state carried across them
+        loss = torch.nn.functional.cross_entropy(model.key(sx[chunk]), sy[chunk])
+        for n, g in zip(names, torch.autograd.grad(loss, [params[n] for n in names])):
+            state[n] = model.task_lstm[kind(n)](preprocess_gradient(g).reshape(-1, 2), state[n])
+            expected[n] = model.task_out[kind(n)](state[n][0]).view(g.shape)
+    got = model._task_fast_weights(sx, sy, "ways_train")
+    assert got.keys() == expected.keys() and len(got) == 5  # 3 convs, fc1, the training head
+    for n in names:
+        torch.testing.assert_close(got[n], expected[n])
+        assert float(got[n].abs().max()) > 0
+    got = model._example_fast_weights(sx, sy, "ways_train")
+    for n, p in model.base.named_parameters():
+        if n not in got:
+            assert n == "heads.ways_test"
+            continue
+        for i in range(7):  # per example: its own gradient through the MLP
+            loss = torch.nn.functional.cross_entropy(model.base(sx[i:i + 1]), sy[i:i + 1])
+            (g,) = torch.autograd.grad(loss, [p])
+            torch.testing.assert_close(got[n][i], model.example_mlp[kind(n)](preprocess_gradient(g)).squeeze(-1))
+
+
+def test_compiled_meta_learners_give_the_eager_numbers():
+    """model.compile runs the LSTM step and the example MLP through torch.compile (element-wise forms there):
+    same logits and same gradients for every slow weight and meta-learner parameter, in float64."""
+    eager, fast = lively(), lively(compile=True)
+    batch = tiny_batch()
+    expected, got = eager.logits(batch), fast.logits(batch)
+    torch.testing.assert_close(got, expected)
+    ge = torch.autograd.grad(expected.square().sum(), list(eager.parameters()), allow_unused=True)
+    gf = torch.autograd.grad(got.square().sum(), list(fast.parameters()), allow_unused=True)
+    for (name, _), a, b in zip(eager.named_parameters(), ge, gf):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(b, a, msg=name)

@@ -11,12 +11,31 @@ from fewshot.errors import ConfigError
 DATASETS = ("omniglot", "orl", "fsdd", "cats_dogs", "synthetic", "attributes", "xlsa17", "sinusoid", "logistic", "sequences")
 
 
+#: datasets of pixels in [0, 1] (``data.normalize`` applies)
+IMAGES = ("omniglot", "orl")
+
 #: datasets whose test classes come from ``data.split``
 CLASS_SPLIT = ("omniglot", "orl", "fsdd", "cats_dogs")
 
 
 def build_dataset(data: dict[str, Any], part: str) -> "ClassDataset | TaskFamily":
-    """The class dataset (or function task family) of one split ``part`` of a config's ``data`` section."""
+    """The class dataset (or function task family) of one split ``part`` of a config's ``data`` section,
+    with ``data.normalize`` = [mean, std] (when set) as the pixel normalization (x − mean) / std."""
+    dataset = _build(data, part)
+    if data.get("normalize") is not None:
+        stats = data["normalize"]
+        if data["dataset"] not in IMAGES:
+            raise ConfigError(f"data.normalize applies to the image datasets ({', '.join(IMAGES)}), not to "
+                              f"{data['dataset']} (already standardized or not pixels); remove data.normalize.")
+        if (not isinstance(stats, (list, tuple)) or len(stats) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats) or not stats[1] > 0):
+            raise ConfigError(f"data.normalize must be [mean, std] with std > 0 (got {stats!r}), e.g. "
+                              f"--set 'data.normalize=[0.078,0.084]'.")
+        dataset.mean, dataset.std = float(stats[0]), float(stats[1])
+    return dataset
+
+
+def _build(data: dict[str, Any], part: str) -> "ClassDataset | TaskFamily":
     name = data["dataset"]
     if name == "sequences":
         from fewshot.data.sequences import sequence_family

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "image_size": 28,
         "resample": "lanczos",
         "rotation": "classes",   # classes | none (rotations as classes are part of the split)
+        "normalize": None,       # [mean, std]: pixels (in [0, 1], strokes = 1 for Omniglot) → (x − mean) / std
         "train_part": "train",
         "val_part": "val",
         "test_part": "test",

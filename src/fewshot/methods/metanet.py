@@ -8,13 +8,17 @@ Two networks of the same architecture, ``depth`` × [conv 3×3 (no bias) → ReL
   preprocessed to [max(log(|g| + ε)/k, −1), clip(e^k·g, −1, 1)], k = 7.
 * Task-level fast weights for u: the support set is cut into ``chunks`` parts; per part, u's gradient goes
   coordinate-wise through an LSTM(2 → 20) + Linear(20 → 1) whose state carries across parts (one LSTM for
-  conv weights, one for fc weights); the last output is W*_u.
+  conv weights, one for fc weights); the last output is W*_u. The coordinates of all conv (all fc) weights
+  run as one ``[n_coordinates, 2]`` batch, one LSTM step per chunk and kind (:func:`lstm_step`); with
+  ``compile`` that step goes through ``torch.compile`` (its element-wise gate arithmetic over ~150k × 80
+  values is most of an episode's time in eager mode).
 * Example-level fast weights for b: per support example i, b's gradient → coordinate-wise MLP 2 → 20 → 20 → 1
   (ReLU; one for conv, one for fc weights) → W*_i, stored with the key r_i = u(x_i; W_u, W*_u).
 * Layer augmentation: every hidden layer outputs ReLU(slow(x)) + ReLU(fast(x)); the last sums slow and fast.
 * Query read: a = softmax_i(cos(r_q, r_i)), W*_q = Σ_i a_i W*_i; predict with b(x_q; W_b, W*_q).
 Only the query loss trains slow weights and meta-learners. Per-example gradients come from
-``torch.func.vmap(grad)`` over the support set (detached), not N separate backward passes. Separate
+``torch.func.vmap(grad)`` over the support set (detached), not N separate backward passes; the
+example-level MLP likewise runs once per kind over the concatenated coordinates. Separate
 output layers for the training and test way counts (``ways_train`` / ``ways_test``) let a model trained
 on N-way tasks be tested on M-way tasks; any shot works at test time.
 """
@@ -31,12 +35,49 @@ from torch.func import functional_call, grad, vmap
 
 from fewshot.errors import ConfigError
 from fewshot.methods.base import Method
+from fewshot.nn.compiled import compiled
 from fewshot.tasks.batch import TaskBatch
 
 
 def preprocess_gradient(g: torch.Tensor, k: float = 7.0, eps: float = 1e-12) -> torch.Tensor:
     """Each coordinate → [max(log(|g| + ε)/k, −1), clip(e^k·g, −1, 1)] (Andrychowicz et al.'s preprocessing): ``[..., 2]``."""
     return torch.stack([(torch.log(g.abs() + eps) / k).clamp_min(-1.0), (math.exp(k) * g).clamp(-1.0, 1.0)], -1)
+
+
+def lstm_step(g: torch.Tensor, h: torch.Tensor | None, c: torch.Tensor | None, w_ih: torch.Tensor,
+              w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, w_out: torch.Tensor,
+              b_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of a coordinate-wise LSTM (``nn.LSTMCell`` arithmetic, gate order i, f, g, o) and its output.
+
+    ``g`` ``[n]`` gradient coordinates (preprocessed here to x ``[n, 2]``), ``h``/``c`` ``[n, hidden]`` or None for the zero start state;
+    returns (h', c', out ``[n]``): gates = W_ih x + W_hh h + b; c' = σ(f)·c + σ(i)·tanh(g); h' = σ(o)·tanh(c');
+    out = w_out·h' + b_out. Under ``torch.compile`` the two-column input product and the one-row output
+    product are written element-wise, so they fuse with the gate arithmetic; eager mode keeps the matrix
+    products (there, each element-wise operation is one more pass over the [n, 4·hidden] gates).
+    """
+    x = preprocess_gradient(g)
+    fused = torch.compiler.is_compiling()
+    gates = (x[:, :1] * w_ih[:, 0] + x[:, 1:] * w_ih[:, 1] if fused else x @ w_ih.t()) + (b_ih + b_hh)
+    if h is not None:
+        gates = gates + h @ w_hh.t()
+    i, f, g, o = gates.chunk(4, 1)
+    c_new = torch.sigmoid(i) * torch.tanh(g)
+    if c is not None:
+        c_new = c_new + torch.sigmoid(f) * c
+    h = torch.sigmoid(o) * torch.tanh(c_new)
+    return h, c_new, ((h * w_out[0]).sum(-1) if fused else (h @ w_out.t()).squeeze(-1)) + b_out
+
+
+def mlp_3(g: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+          w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """The coordinate-wise example-level MLP 2 → h → h → 1 (ReLU) on the preprocessed gradients ``g``: ``[...]``
+    (the 2- and 1-wide products element-wise under ``torch.compile``, as in :func:`lstm_step`)."""
+    x = preprocess_gradient(g)
+    if not torch.compiler.is_compiling():
+        return F.linear(F.relu(F.linear(F.relu(F.linear(x, w0, b0)), w1, b1)), w2, b2).squeeze(-1)
+    z = F.relu(x[..., :1] * w0[:, 0] + x[..., 1:] * w0[:, 1] + b0)
+    z = F.relu(F.linear(z, w1, b1))
+    return (z * w2[0]).sum(-1) + b2
 
 
 class AugmentedNet(nn.Module):
@@ -91,15 +132,18 @@ class MetaNetwork(Method):
     name: ClassVar[str] = "metanet"
     needs_grad_at_test: ClassVar[bool] = True  # meta information = gradients, also at test time
     defaults: ClassVar[dict[str, Any]] = {"backbone": "metanet", "norm": "none", "width": 64, "depth": 5,
-                                          "feature": 64, "chunks": 5, "meta_hidden": 20, "task_level": True}
+                                          "feature": 64, "chunks": 5, "meta_hidden": 20, "task_level": True,
+                                          "compile": False}
 
     def __init__(self, in_channels: int, ways_train: int, ways_test: int, width: int = 64, depth: int = 5,
-                 feature: int = 64, chunks: int = 5, meta_hidden: int = 20, task_level: bool = True) -> None:
+                 feature: int = 64, chunks: int = 5, meta_hidden: int = 20, task_level: bool = True,
+                 compile: bool = False) -> None:
         super().__init__()
         heads = {"ways_train": ways_train} if ways_test == ways_train else {"ways_train": ways_train, "ways_test": ways_test}
         self.base = AugmentedNet(in_channels, width, depth, feature, heads)
         self.key = AugmentedNet(in_channels, width, depth, feature, heads)
         self.ways_train, self.ways_test, self.chunks, self.task_level = ways_train, ways_test, chunks, task_level
+        self.compile_step = compile  # run the task-level LSTM step through torch.compile (fewshot.nn.compiled)
         self.task_lstm = nn.ModuleDict({k: nn.LSTMCell(2, meta_hidden) for k in ("conv", "fc")})
         self.task_out = nn.ModuleDict({k: nn.Linear(meta_hidden, 1) for k in ("conv", "fc")})
         self.example_mlp = nn.ModuleDict({k: nn.Sequential(nn.Linear(2, meta_hidden), nn.ReLU(),
@@ -122,7 +166,7 @@ class MetaNetwork(Method):
                               f"(got {sorted(ways_test)}).")
         m = config["model"]
         return cls(item_shape[0], config["train"]["ways"], ways_test.pop(), m["width"], m["depth"], m["feature"],
-                   m["chunks"], m["meta_hidden"], m["task_level"])
+                   m["chunks"], m["meta_hidden"], m["task_level"], m["compile"])
 
     def _head(self, ways: int) -> str:
         if ways == self.ways_train:
@@ -139,22 +183,32 @@ class MetaNetwork(Method):
     def _names(self, net: AugmentedNet, head: str) -> list[str]:
         return [n for n, _ in net.named_parameters() if not n.startswith("heads.") or n == f"heads.{head}"]
 
+    def _by_kind(self, names: list[str]) -> dict[str, list[str]]:
+        kinds: dict[str, list[str]] = {"conv": [], "fc": []}
+        for n in names:
+            kinds[self._kind(n)].append(n)
+        return {k: v for k, v in kinds.items() if v}
+
     def _task_fast_weights(self, sx: torch.Tensor, sy: torch.Tensor, head: str) -> dict[str, torch.Tensor]:
         """W*_u from an LSTM over the (detached, preprocessed) gradients of u on the support chunks."""
         names = self._names(self.key, head)
         params = dict(self.key.named_parameters())
-        state: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {n: None for n in names}
-        outputs: dict[str, torch.Tensor] = {}
+        kinds = self._by_kind(names)
+        step = compiled(lstm_step, dynamic=True) if self.compile_step else lstm_step
+        state: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {kind: (None, None) for kind in kinds}
+        out: dict[str, torch.Tensor] = {}
         for chunk in torch.arange(len(sx)).chunk(self.chunks):
             with torch.enable_grad():
                 loss = F.cross_entropy(self.key(sx[chunk], head=head), sy[chunk])
-                grads = torch.autograd.grad(loss, [params[n] for n in names])
-            for n, g in zip(names, grads):
-                kind = self._kind(n)
-                x = preprocess_gradient(g.detach()).reshape(-1, 2)
-                state[n] = self.task_lstm[kind](x, state[n])
-                outputs[n] = self.task_out[kind](state[n][0]).view(g.shape)
-        return outputs
+                grads = dict(zip(names, torch.autograd.grad(loss, [params[n] for n in names])))
+            for kind, members in kinds.items():
+                g = torch.cat([grads[n].detach().reshape(-1) for n in members])  # [n]
+                lstm, head_out = self.task_lstm[kind], self.task_out[kind]
+                h, c, out[kind] = step(g, *state[kind], lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh,
+                                       head_out.weight, head_out.bias)
+                state[kind] = (h, c)
+        return {n: w.view(params[n].shape) for kind, members in kinds.items()
+                for n, w in zip(members, out[kind].split([params[n].numel() for n in members]))}
 
     def _example_fast_weights(self, sx: torch.Tensor, sy: torch.Tensor, head: str) -> dict[str, torch.Tensor]:
         """W*_i ``[n_support, *shape]`` per base-learner parameter, from per-example detached gradients."""
@@ -167,7 +221,16 @@ class MetaNetwork(Method):
 
         with torch.enable_grad():
             grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, sx, sy)
-        return {n: self.example_mlp[self._kind(n)](preprocess_gradient(g.detach())).squeeze(-1) for n, g in grads.items()}
+        fast: dict[str, torch.Tensor] = {}
+        mlp_fn = compiled(mlp_3, dynamic=True) if self.compile_step else mlp_3
+        for kind, members in self._by_kind(names).items():
+            g = torch.cat([grads[n].detach().reshape(len(sx), -1) for n in members], 1)  # [n_support, n]
+            mlp = self.example_mlp[kind]
+            w = mlp_fn(g, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, mlp[4].weight,
+                       mlp[4].bias)
+            fast.update({n: part.reshape(len(sx), *params[n].shape)
+                         for n, part in zip(members, w.split([params[n].numel() for n in members], 1))})
+        return fast
 
     def logits(self, batch: TaskBatch) -> torch.Tensor:
         head = self._head(batch.ways)

@@ -21,19 +21,21 @@ import torch
 
 from fewshot.errors import ConfigError
 
-_CACHE: dict[Callable[..., Any], Callable[..., Any]] = {}
+_CACHE: dict[tuple[Callable[..., Any], bool], Callable[..., Any]] = {}
 
 
-def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` compiled once with static shapes (``torch.compile(fn, dynamic=False, fullgraph=True)``).
+def compiled(fn: Callable[..., Any], dynamic: bool = False) -> Callable[..., Any]:
+    """``fn`` compiled once (``torch.compile(fn, dynamic=dynamic, fullgraph=True)``): static shapes by default;
+    ``dynamic`` for a function called with many sizes (one graph for all, instead of one per size up to dynamo's
+    recompile limit, beyond which it would fall back to eager).
 
     A backend failure while the forward step compiles (no C++ compiler, inductor error) is raised as
     :class:`ConfigError`.
     """
     from torch._dynamo.exc import BackendCompilerFailed  # here, not at import: loading dynamo costs ~1 s
 
-    if fn not in _CACHE:
-        inner = torch.compile(fn, dynamic=False, fullgraph=True)
+    if (fn, dynamic) not in _CACHE:
+        inner = torch.compile(fn, dynamic=dynamic, fullgraph=True)
 
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
@@ -44,5 +46,5 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise ConfigError(f"torch.compile could not build the time step on this machine ({reason}); "
                                   f"set model.compile=false to run without it.") from exc
 
-        _CACHE[fn] = call
-    return _CACHE[fn]
+        _CACHE[fn, dynamic] = call
+    return _CACHE[fn, dynamic]
