@@ -94,9 +94,10 @@ def tiny_batch() -> TaskBatch:
 
 
 def test_fast_weights_equal_a_per_parameter_lstm_cell_and_mlp():
-    """The batched coordinate-wise meta-learners (all conv / all fc coordinates at once, hand-written LSTM step)
+    """The batched coordinate-wise meta-learners (all conv / all fc coordinates in blocks, hand-written LSTM step)
     give exactly what nn.LSTMCell and the nn.Sequential MLP give run parameter by parameter."""
     model, batch = lively(), tiny_batch()
+    model.eager_block = 50  # the 702 conv coordinates go through the meta-learners in 15 blocks
     sx, sy = batch.support_x[0], batch.support_y[0]
     kind = MetaNetwork._kind
     names = model._names(model.key, "ways_train")
