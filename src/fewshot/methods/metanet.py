@@ -49,8 +49,9 @@ def lstm_step(g: torch.Tensor, h: torch.Tensor | None, c: torch.Tensor | None, w
               b_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of a coordinate-wise LSTM (``nn.LSTMCell`` arithmetic, gate order i, f, g, o) and its output.
 
-    ``g`` ``[n]`` gradient coordinates (preprocessed here to x ``[n, 2]``), ``h``/``c`` ``[n, hidden]`` or None for the zero start state;
-    returns (h', c', out ``[n]``): gates = W_ih x + W_hh h + b; c' = σ(f)·c + σ(i)·tanh(g); h' = σ(o)·tanh(c');
+    ``g`` ``[n]`` gradient coordinates (preprocessed here to x ``[n, 2]``), ``h``/``c`` ``[n, hidden]`` or None
+    for the zero start state; returns (h', c', out ``[n]``): gates = W_ih x + W_hh h + b;
+    c' = σ(f)·c + σ(i)·tanh(u) (u the cell-input gate); h' = σ(o)·tanh(c');
     out = w_out·h' + b_out. Under ``torch.compile`` the two-column input product and the one-row output
     product are written element-wise, so they fuse with the gate arithmetic; eager mode keeps the matrix
     products (there, each element-wise operation is one more pass over the [n, 4·hidden] gates).
@@ -60,8 +61,8 @@ def lstm_step(g: torch.Tensor, h: torch.Tensor | None, c: torch.Tensor | None, w
     gates = (x[:, :1] * w_ih[:, 0] + x[:, 1:] * w_ih[:, 1] if fused else x @ w_ih.t()) + (b_ih + b_hh)
     if h is not None:
         gates = gates + h @ w_hh.t()
-    i, f, g, o = gates.chunk(4, 1)
-    c_new = torch.sigmoid(i) * torch.tanh(g)
+    i, f, u, o = gates.chunk(4, 1)
+    c_new = torch.sigmoid(i) * torch.tanh(u)
     if c is not None:
         c_new = c_new + torch.sigmoid(f) * c
     h = torch.sigmoid(o) * torch.tanh(c_new)
