@@ -119,6 +119,15 @@ def test_reproduce_tiny_omniglot(omniglot_root, tmp_path, capsys):
     summary = json.loads((tmp_path / "results" / "protonet-omniglot-20w1s.json").read_text())
     assert summary["paper"] == 96.0 and summary["tasks"] == 10 and summary["split"] == "vinyals"
     assert summary["config"] == "protonet/omniglot-1shot.yaml" and summary["train_episodes"] == 6
+    # a run whose copy of the config lacks the paper's number (recorded after it started) reports today's number
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "20w1s: 96.0" in config
+    (tmp_path / "run" / "config.yaml").write_text(config.replace("20w1s: 96.0", "20w1s: 1.0"))
+    code, out, err = run_cli(capsys, "reproduce", "--resume", str(tmp_path / "run"), "--data-dir", str(omniglot_root),
+                             "--results-dir", str(tmp_path / "again"))
+    assert code == 0, err
+    again = json.loads((tmp_path / "again" / "protonet-omniglot-20w1s.json").read_text())
+    assert again["paper"] == 96.0 and again["mean"] == summary["mean"]
 
 
 @pytest.mark.omniglot

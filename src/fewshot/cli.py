@@ -120,6 +120,18 @@ def reproductions() -> dict[str, str]:
     return out
 
 
+def _current_reference_numbers(config: dict[str, Any]) -> None:
+    """The papers' and seed codes' numbers are documentation, not settings: a resumed reproduction reports the
+    ones its shipped config states now (a run started before a number was recorded would otherwise report none)."""
+    from fewshot.engine.config import read_yaml, shipped_configs
+
+    source = (config.get("source") or "").removesuffix(".yaml")
+    if source in shipped_configs():
+        shipped = read_yaml(source).get("reproduce") or {}
+        if shipped.get("prefix") == config["reproduce"]["prefix"]:
+            config["reproduce"].update({k: shipped[k] for k in ("paper", "seed_code") if k in shipped})
+
+
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from fewshot.engine.config import load_config
     from fewshot.engine.runs import read_run_config, write_json
@@ -127,6 +139,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     table = reproductions()
     if args.resume:
         config = load_config(base=read_run_config(Path(args.resume)), overrides=_overrides(args))
+        _current_reference_numbers(config)
     else:
         if args.name not in table:
             raise FewshotError(f"no reproduction named {args.name!r}; available: {', '.join(sorted(table))}.")
