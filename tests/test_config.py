@@ -59,3 +59,12 @@ def test_nullable_settings_are_typed():
     for bad in ("train.time_limit_minutes=abc", "train.grad_clip=abc", "train.episodes=true"):
         with pytest.raises(ConfigError, match="must be a"):
             load_config("protonet", [bad])
+
+
+def test_bad_normalize_is_refused_before_any_data_is_read():
+    for bad in ("[0.1]", "[0.1,0.0]", "[0.1,-0.2]", "[0.1,x]", "0.5", "[true,0.1]", "[.nan,0.1]", "[0.1,.inf]"):
+        with pytest.raises(ConfigError, match=r"data.normalize must be \[mean, std\]"):
+            load_config("protonet", [f"data.normalize={bad}"])
+    with pytest.raises(ConfigError, match="applies to the image datasets"):
+        load_config("protonet", ["data.dataset=fsdd", "data.normalize=[0.1,0.2]"])
+    assert load_config("protonet", ["data.normalize=[0.1,2]"])["data"]["normalize"] == [0.1, 2]

@@ -127,10 +127,17 @@ def test_fast_weights_equal_a_per_parameter_lstm_cell_and_mlp():
 
 def test_compiled_meta_learners_give_the_eager_numbers():
     """model.compile runs the LSTM step and the example MLP through torch.compile (element-wise forms there):
-    same logits and same gradients for every slow weight and meta-learner parameter, in float64."""
+    same logits and same gradients for every slow weight and meta-learner parameter in float64, the same
+    predictions under no_grad, and no new graph for another shot count."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     eager, fast = lively(), lively(compile=True)
     batch = tiny_batch()
     expected, got = eager.logits(batch), fast.logits(batch)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 2  # the LSTM step and the MLP did go through dynamo
     torch.testing.assert_close(got, expected)
     ge = torch.autograd.grad(expected.square().sum(), list(eager.parameters()), allow_unused=True)
     gf = torch.autograd.grad(got.square().sum(), list(fast.parameters()), allow_unused=True)
@@ -138,3 +145,7 @@ def test_compiled_meta_learners_give_the_eager_numbers():
         assert (a is None) == (b is None), name
         if a is not None:
             torch.testing.assert_close(b, a, msg=name)
+    more = TaskBatch(batch.support_x[:, :5], batch.support_y[:, :5], batch.query_x, batch.query_y, 5)  # 5 supports
+    torch.testing.assert_close(fast.logits(more), eager.logits(more))
+    assert counters["stats"]["unique_graphs"] == graphs  # dynamic shapes: one graph for every support size
+    torch.testing.assert_close(fast.predict(batch), eager.predict(batch))

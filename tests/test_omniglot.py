@@ -96,26 +96,17 @@ def test_lake_and_random_splits(omniglot_root, characters):
     assert ds.num_classes == 659
 
 
-def test_normalize_sets_the_pixel_statistics_and_refuses_bad_values(omniglot_root, characters):
-    """data.normalize = [mean, std] gives the sampled items (x − mean) / std of the [0, 1] pixels; other datasets,
-    a missing std or a non-positive std are refused with one sentence."""
+def test_normalize_sets_the_pixel_statistics(omniglot_root, characters):
+    """data.normalize = [mean, std] gives the sampled items (x − mean) / std of the [0, 1] pixels."""
     from fewshot.data import build_dataset
     from fewshot.engine.config import load_config
-    from fewshot.errors import ConfigError
     from fewshot.tasks import make_sampler
 
     config = load_config("protonet", ["data.split=lake", "data.rotation=none", "data.normalize=[0.078,0.084]"])
     config["data"]["dir"] = str(omniglot_root)
     data = build_dataset(config["data"], "test")
     plain = og.omniglot("test", "lake", omniglot_root, rotation="none")
-    assert (data.mean, data.std) == (0.078, 0.084)
+    assert (data.mean, data.std) == (0.078, 0.084) and (plain.mean, plain.std) == (0.0, 1.0)
     batch = make_sampler(data, 5, 1, 2, seed=0).sample()
     again = make_sampler(plain, 5, 1, 2, seed=0).sample()
     torch.testing.assert_close(batch.support_x, (again.support_x - 0.078) / 0.084)
-    for bad in ([0.1], [0.1, 0.0], [0.1, "x"], 0.5):
-        config["data"]["normalize"] = bad
-        with pytest.raises(ConfigError, match=r"data.normalize must be \[mean, std\]"):
-            build_dataset(config["data"], "test")
-    config = load_config("protonet", ["data.dataset=synthetic", "data.normalize=[0.1,0.2]"])
-    with pytest.raises(ConfigError, match="applies to the image datasets"):
-        build_dataset(config["data"], "train")

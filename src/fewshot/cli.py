@@ -126,10 +126,11 @@ def _current_reference_numbers(config: dict[str, Any]) -> None:
     from fewshot.engine.config import read_yaml, shipped_configs
 
     source = (config.get("source") or "").removesuffix(".yaml")
+    reproduce = config.get("reproduce") or {}
     if source in shipped_configs():
         shipped = read_yaml(source).get("reproduce") or {}
-        if shipped.get("prefix") == config["reproduce"]["prefix"]:
-            config["reproduce"].update({k: shipped[k] for k in ("paper", "seed_code") if k in shipped})
+        if shipped.get("prefix") == reproduce.get("prefix"):
+            reproduce.update({k: shipped.get(k, {}) for k in ("paper", "seed_code")})
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
@@ -138,8 +139,9 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
     table = reproductions()
     if args.resume:
-        config = load_config(base=read_run_config(Path(args.resume)), overrides=_overrides(args))
-        _current_reference_numbers(config)
+        base = read_run_config(Path(args.resume))
+        _current_reference_numbers(base)  # before the overrides: a --set reproduce.paper... still wins
+        config = load_config(base=base, overrides=_overrides(args))
     else:
         if args.name not in table:
             raise FewshotError(f"no reproduction named {args.name!r}; available: {', '.join(sorted(table))}.")

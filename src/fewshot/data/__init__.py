@@ -22,16 +22,8 @@ def build_dataset(data: dict[str, Any], part: str) -> "ClassDataset | TaskFamily
     """The class dataset (or function task family) of one split ``part`` of a config's ``data`` section,
     with ``data.normalize`` = [mean, std] (when set) as the pixel normalization (x − mean) / std."""
     dataset = _build(data, part)
-    if data.get("normalize") is not None:
-        stats = data["normalize"]
-        if data["dataset"] not in IMAGES:
-            raise ConfigError(f"data.normalize applies to the image datasets ({', '.join(IMAGES)}), not to "
-                              f"{data['dataset']} (already standardized or not pixels); remove data.normalize.")
-        if (not isinstance(stats, (list, tuple)) or len(stats) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats) or not stats[1] > 0):
-            raise ConfigError(f"data.normalize must be [mean, std] with std > 0 (got {stats!r}), e.g. "
-                              f"--set 'data.normalize=[0.078,0.084]'.")
-        dataset.mean, dataset.std = float(stats[0]), float(stats[1])
+    if data.get("normalize") is not None:  # validated with the config (engine.config.validate)
+        dataset.mean, dataset.std = float(data["normalize"][0]), float(data["normalize"][1])
     return dataset
 
 

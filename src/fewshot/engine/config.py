@@ -9,6 +9,7 @@ wrong type are refused with one sentence naming the key. Shipped configs live in
 from __future__ import annotations
 
 import copy
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
         "image_size": 28,
         "resample": "lanczos",
         "rotation": "classes",   # classes | none (rotations as classes are part of the split)
-        "normalize": None,       # [mean, std]: pixels (in [0, 1], strokes = 1 for Omniglot) → (x − mean) / std
+        "normalize": None,       # [mean, std]: pixels (in [0, 1], strokes = 1 for Omniglot) → (x − mean) / std;
+                                 # eval.attack_eps is then in normalized units (ε·std in pixels)
         "train_part": "train",
         "val_part": "val",
         "test_part": "test",
@@ -255,6 +257,18 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"eval.attack must be none, fgsm or pgd (got {config['eval']['attack']!r}).")
     if config["eval"]["attack"] != "none" and not config["eval"]["attack_eps"]:
         raise ConfigError("eval.attack is set but eval.attack_eps is empty; give the attack sizes, e.g. eval.attack_eps=[0.1,0.2].")
+    stats = config["data"].get("normalize")
+    if stats is not None:
+        from fewshot.data import IMAGES
+
+        if config["data"]["dataset"] not in IMAGES:
+            raise ConfigError(f"data.normalize applies to the image datasets read as pixels in [0, 1] "
+                              f"({', '.join(IMAGES)}), not to {config['data']['dataset']}; remove data.normalize.")
+        if (not isinstance(stats, (list, tuple)) or len(stats) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in stats)
+                or not stats[1] > 0):
+            raise ConfigError(f"data.normalize must be [mean, std] with finite values and std > 0 (got {stats!r}), "
+                              f"e.g. --set 'data.normalize=[0.078,0.084]'.")
     if config["val"]["every"] < 1 or config["val"]["tasks"] < 2 or config["eval"]["tasks"] < 2:
         raise ConfigError("val.every must be ≥ 1 and val.tasks / eval.tasks ≥ 2 (a CI needs two tasks).")
 

@@ -10,8 +10,9 @@ Two networks of the same architecture, ``depth`` × [conv 3×3 (no bias) → ReL
   coordinate-wise through an LSTM(2 → 20) + Linear(20 → 1) whose state carries across parts (one LSTM for
   conv weights, one for fc weights); the last output is W*_u. The coordinates of all conv (all fc) weights
   run as one ``[n_coordinates, 2]`` batch, one LSTM step per chunk and kind (:func:`lstm_step`); with
-  ``compile`` that step goes through ``torch.compile`` (its element-wise gate arithmetic over ~150k × 80
-  values is most of an episode's time in eager mode).
+  ``compile`` that step and the example-level MLP (:func:`mlp_3`) go through ``torch.compile`` (their
+  element-wise arithmetic over ~150k × 80 values is most of an episode's time in eager mode). With
+  ``chunks = 1`` the LSTM never sees a previous state, so W_hh gets no gradient (None, not zeros).
 * Example-level fast weights for b: per support example i, b's gradient → coordinate-wise MLP 2 → 20 → 20 → 1
   (ReLU; one for conv, one for fc weights) → W*_i, stored with the key r_i = u(x_i; W_u, W*_u).
 * Layer augmentation: every hidden layer outputs ReLU(slow(x)) + ReLU(fast(x)); the last sums slow and fast.
@@ -71,8 +72,8 @@ def lstm_step(g: torch.Tensor, h: torch.Tensor | None, c: torch.Tensor | None, w
 
 def mlp_3(g: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
           w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    """The coordinate-wise example-level MLP 2 → h → h → 1 (ReLU) on the preprocessed gradients ``g``: ``[...]``
-    (the 2- and 1-wide products element-wise under ``torch.compile``, as in :func:`lstm_step`)."""
+    """The coordinate-wise example-level MLP 2 → h → h → 1 (ReLU) on gradient coordinates ``g`` (preprocessed
+    here): ``[...]`` (the 2- and 1-wide products element-wise under ``torch.compile``, as in :func:`lstm_step`)."""
     x = preprocess_gradient(g)
     if not torch.compiler.is_compiling():
         return F.linear(F.relu(F.linear(F.relu(F.linear(x, w0, b0)), w1, b1)), w2, b2).squeeze(-1)
@@ -144,7 +145,7 @@ class MetaNetwork(Method):
         self.base = AugmentedNet(in_channels, width, depth, feature, heads)
         self.key = AugmentedNet(in_channels, width, depth, feature, heads)
         self.ways_train, self.ways_test, self.chunks, self.task_level = ways_train, ways_test, chunks, task_level
-        self.compile_step = compile  # run the task-level LSTM step through torch.compile (fewshot.nn.compiled)
+        self.compile_step = compile  # LSTM step and example MLP through torch.compile (fewshot.nn.compiled)
         self.eager_block = 16384  # coordinates per meta-learner call in eager mode (see _block)
         self.task_lstm = nn.ModuleDict({k: nn.LSTMCell(2, meta_hidden) for k in ("conv", "fc")})
         self.task_out = nn.ModuleDict({k: nn.Linear(meta_hidden, 1) for k in ("conv", "fc")})
@@ -187,8 +188,8 @@ class MetaNetwork(Method):
 
     def _block(self) -> int | None:
         """Coordinates per call of a meta-learner: all at once compiled (one fused kernel per step), blocks of
-        ``eager_block`` (16,384) in eager mode, where every operation is one pass over its operands and cache-sized blocks are
-        1.8× faster for the LSTM step than one [150k, 80] pass (measured on this CPU)."""
+        ``eager_block`` (16,384) in eager mode, where every operation is one pass over its operands and
+        cache-sized blocks make the LSTM step 1.8× faster than one [150k, 80] pass (measured on this CPU)."""
         return None if self.compile_step else self.eager_block
 
     def _by_kind(self, names: list[str]) -> dict[str, list[str]]:
@@ -241,8 +242,11 @@ class MetaNetwork(Method):
         for kind, members in self._by_kind(names).items():
             g = torch.cat([grads[n].detach().reshape(len(sx), -1) for n in members], 1)  # [n_support, n]
             mlp = self.example_mlp[kind]
-            w = torch.cat([mlp_fn(part, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, mlp[4].weight,
-                                  mlp[4].bias) for part in g.split(self._block() or g.shape[1], 1)], 1)
+            # blocks of coordinates in eager mode; compiled, blocks of 5 support items (a [100, 150k, 20] hidden
+            # layer at 20-way 5-shot would take 1.2 GB)
+            parts = g.split(self._block(), 1) if self._block() else g.split(5)
+            w = torch.cat([mlp_fn(part, *(p for i in (0, 2, 4) for p in (mlp[i].weight, mlp[i].bias)))
+                           for part in parts], 1 if self._block() else 0)
             fast.update({n: part.reshape(len(sx), *params[n].shape)
                          for n, part in zip(members, w.split([params[n].numel() for n in members], 1))})
         return fast

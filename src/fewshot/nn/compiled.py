@@ -1,9 +1,11 @@
-"""``torch.compile`` for the per-time-step functions of the recurrent memory networks (``model.compile``).
+"""``torch.compile`` for the small, hot functions of the memory networks (``model.compile``): the time steps of
+the NTM and MANN, the coordinate-wise meta-learners of Meta Networks.
 
 A recurrent step is dozens of small element-wise operations on ``[B, N, W]`` memories, run T times forward
-and backward: eager PyTorch pays one dispatch and one pass over memory per operation, the compiled step
-fuses them. One compiled function per step function, created on first use and shared by all instances
-(dynamo guards on the module it is called with and recompiles when the module or the grad mode changes).
+and backward (a meta-learner step: a dozen on ``[150k, 80]`` gates): eager PyTorch pays one dispatch and one
+pass over memory per operation, the compiled function fuses them. One compiled function per step function,
+created on first use and shared by all instances (dynamo guards on the module it is called with and
+recompiles when the module or the grad mode changes).
 The step is traced as one graph (``fullgraph=True``): a graph break is a defect of the step and raises.
 
 A machine without a working C++ compiler fails in the backend while the forward step is compiled, on the
@@ -27,7 +29,7 @@ _CACHE: dict[tuple[Callable[..., Any], bool], Callable[..., Any]] = {}
 def compiled(fn: Callable[..., Any], dynamic: bool = False) -> Callable[..., Any]:
     """``fn`` compiled once (``torch.compile(fn, dynamic=dynamic, fullgraph=True)``): static shapes by default;
     ``dynamic`` for a function called with many sizes (one graph for all, instead of one per size up to dynamo's
-    recompile limit, beyond which it would fall back to eager).
+    recompile limit, beyond which a ``fullgraph`` function raises).
 
     A backend failure while the forward step compiles (no C++ compiler, inductor error) is raised as
     :class:`ConfigError`.
@@ -43,7 +45,7 @@ def compiled(fn: Callable[..., Any], dynamic: bool = False) -> Callable[..., Any
             except BackendCompilerFailed as exc:  # InductorError and CppCompileError arrive as this type
                 cause = str(exc.__cause__ or exc).strip().splitlines()
                 reason = cause[0][:200] if cause else type(exc).__name__
-                raise ConfigError(f"torch.compile could not build the time step on this machine ({reason}); "
+                raise ConfigError(f"torch.compile could not build {fn.__qualname__} on this machine ({reason}); "
                                   f"set model.compile=false to run without it.") from exc
 
         _CACHE[fn, dynamic] = call
