@@ -239,14 +239,15 @@ class MetaNetwork(Method):
             grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, sx, sy)
         fast: dict[str, torch.Tensor] = {}
         mlp_fn = compiled(mlp_3, dynamic=True) if self.compile_step else mlp_3
+        block = self._block()
         for kind, members in self._by_kind(names).items():
             g = torch.cat([grads[n].detach().reshape(len(sx), -1) for n in members], 1)  # [n_support, n]
             mlp = self.example_mlp[kind]
             # blocks of coordinates in eager mode; compiled, blocks of 5 support items (a [100, 150k, 20] hidden
             # layer at 20-way 5-shot would take 1.2 GB)
-            parts = g.split(self._block(), 1) if self._block() else g.split(5)
-            w = torch.cat([mlp_fn(part, *(p for i in (0, 2, 4) for p in (mlp[i].weight, mlp[i].bias)))
-                           for part in parts], 1 if self._block() else 0)
+            size, dim = (block, 1) if block else (5, 0)
+            w = torch.cat([mlp_fn(part, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, mlp[4].weight,
+                                  mlp[4].bias) for part in g.split(size, dim)], dim)
             fast.update({n: part.reshape(len(sx), *params[n].shape)
                          for n, part in zip(members, w.split([params[n].numel() for n in members], 1))})
         return fast
