@@ -9,9 +9,8 @@ Two networks of the same architecture, ``depth`` × [conv 3×3 (no bias) → ReL
 * Task-level fast weights for u: the support set is cut into ``chunks`` parts; per part, u's gradient goes
   coordinate-wise through an LSTM(2 → 20) + Linear(20 → 1) whose state carries across parts (one LSTM for
   conv weights, one for fc weights); the last output is W*_u. The coordinates of all conv (all fc) weights
-  run as one ``[n_coordinates, 2]`` batch, one LSTM step per chunk and kind (:func:`lstm_step`); with
-  ``compile`` that step and the example-level MLP (:func:`mlp_3`) go through ``torch.compile`` (their
-  element-wise arithmetic over ~150k × 80 values is most of an episode's time in eager mode). With
+  run in cache-sized blocks of coordinates, one LSTM step per chunk, kind and block (:func:`lstm_step`,
+  gate-major: its element-wise arithmetic over ~150k × 80 values is most of an episode's time). With
   ``chunks = 1`` the LSTM never sees a previous state, so W_hh gets no gradient (None, not zeros).
 * Example-level fast weights for b: per support example i, b's gradient → coordinate-wise MLP 2 → 20 → 20 → 1
   (ReLU; one for conv, one for fc weights) → W*_i, stored with the key r_i = u(x_i; W_u, W*_u).
@@ -36,7 +35,6 @@ from torch.func import functional_call, grad, vmap
 
 from fewshot.errors import ConfigError
 from fewshot.methods.base import Method
-from fewshot.nn.compiled import compiled
 from fewshot.tasks.batch import TaskBatch
 
 
@@ -52,34 +50,31 @@ def lstm_step(g: torch.Tensor, h: torch.Tensor | None, c: torch.Tensor | None, w
 
     ``g`` ``[n]`` gradient coordinates (preprocessed here to x ``[n, 2]``), ``h``/``c`` ``[n, hidden]`` or None
     for the zero start state; returns (h', c', out ``[n]``): gates = W_ih x + W_hh h + b;
-    c' = σ(f)·c + σ(i)·tanh(u) (u the cell-input gate); h' = σ(o)·tanh(c');
-    out = w_out·h' + b_out. Under ``torch.compile`` the two-column input product and the one-row output
-    product are written element-wise, so they fuse with the gate arithmetic; eager mode keeps the matrix
-    products (there, each element-wise operation is one more pass over the [n, 4·hidden] gates).
+    c' = σ(f)·c + σ(i)·tanh(u) (u the cell-input gate); h' = σ(o)·tanh(c'); out = w_out·h' + b_out.
+    The gates are computed **gate-major**, ``[4, n, hidden]``, so that each gate is one contiguous block: the
+    element-wise operations on the ``[n, hidden]`` column views of an ``[n, 4·hidden]`` matrix are 3–8× slower
+    on this CPU (sigmoid: 2.26 vs 0.29 ms on 16,384 × 20 values).
     """
     x = preprocess_gradient(g)
-    fused = torch.compiler.is_compiling()
-    gates = (x[:, :1] * w_ih[:, 0] + x[:, 1:] * w_ih[:, 1] if fused else x @ w_ih.t()) + (b_ih + b_hh)
+    hidden = w_hh.shape[1]
+    gates = (b_ih + b_hh).view(4, 1, hidden)  # [4, n, hidden] after the products below
     if h is not None:
-        gates = gates + h @ w_hh.t()
-    i, f, u, o = gates.chunk(4, 1)
-    c_new = torch.sigmoid(i) * torch.tanh(u)
+        gates = torch.baddbmm(gates, h.expand(4, -1, -1), w_hh.view(4, hidden, hidden).transpose(1, 2))
+    gates = torch.baddbmm(gates, x.expand(4, -1, -1), w_ih.view(4, hidden, -1).transpose(1, 2))
+    i_f = torch.sigmoid(gates[:2])
+    c_new = i_f[0] * torch.tanh(gates[2])
     if c is not None:
-        c_new = c_new + torch.sigmoid(f) * c
-    h = torch.sigmoid(o) * torch.tanh(c_new)
-    return h, c_new, ((h * w_out[0]).sum(-1) if fused else (h @ w_out.t()).squeeze(-1)) + b_out
+        c_new = torch.addcmul(c_new, i_f[1], c)
+    h = torch.sigmoid(gates[3]) * torch.tanh(c_new)
+    return h, c_new, torch.addmm(b_out, h, w_out.t()).squeeze(-1)
 
 
 def mlp_3(g: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
           w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
     """The coordinate-wise example-level MLP 2 → h → h → 1 (ReLU) on gradient coordinates ``g`` (preprocessed
-    here): ``[...]`` (the 2- and 1-wide products element-wise under ``torch.compile``, as in :func:`lstm_step`)."""
+    here): ``[...]``."""
     x = preprocess_gradient(g)
-    if not torch.compiler.is_compiling():
-        return F.linear(F.relu(F.linear(F.relu(F.linear(x, w0, b0)), w1, b1)), w2, b2).squeeze(-1)
-    z = F.relu(x[..., :1] * w0[:, 0] + x[..., 1:] * w0[:, 1] + b0)
-    z = F.relu(F.linear(z, w1, b1))
-    return (z * w2[0]).sum(-1) + b2
+    return F.linear(F.relu(F.linear(F.relu(F.linear(x, w0, b0)), w1, b1)), w2, b2).squeeze(-1)
 
 
 class AugmentedNet(nn.Module):
@@ -134,19 +129,19 @@ class MetaNetwork(Method):
     name: ClassVar[str] = "metanet"
     needs_grad_at_test: ClassVar[bool] = True  # meta information = gradients, also at test time
     defaults: ClassVar[dict[str, Any]] = {"backbone": "metanet", "norm": "none", "width": 64, "depth": 5,
-                                          "feature": 64, "chunks": 5, "meta_hidden": 20, "task_level": True,
-                                          "compile": False}
+                                          "feature": 64, "chunks": 5, "meta_hidden": 20, "task_level": True}
 
     def __init__(self, in_channels: int, ways_train: int, ways_test: int, width: int = 64, depth: int = 5,
-                 feature: int = 64, chunks: int = 5, meta_hidden: int = 20, task_level: bool = True,
-                 compile: bool = False) -> None:
+                 feature: int = 64, chunks: int = 5, meta_hidden: int = 20, task_level: bool = True) -> None:
         super().__init__()
         heads = {"ways_train": ways_train} if ways_test == ways_train else {"ways_train": ways_train, "ways_test": ways_test}
         self.base = AugmentedNet(in_channels, width, depth, feature, heads)
         self.key = AugmentedNet(in_channels, width, depth, feature, heads)
         self.ways_train, self.ways_test, self.chunks, self.task_level = ways_train, ways_test, chunks, task_level
-        self.compile_step = compile  # LSTM step and example MLP through torch.compile (fewshot.nn.compiled)
-        self.eager_block = 16384  # coordinates per meta-learner call in eager mode (see _block)
+        # coordinates per meta-learner call: cache-sized blocks (the gate-major LSTM step over 152k coordinates,
+        # forward + backward, is 1.6x faster in blocks of 4,096 than in one pass; see
+        # benchmarks/speed/metanet-step-time.json)
+        self.block = 4096
         self.task_lstm = nn.ModuleDict({k: nn.LSTMCell(2, meta_hidden) for k in ("conv", "fc")})
         self.task_out = nn.ModuleDict({k: nn.Linear(meta_hidden, 1) for k in ("conv", "fc")})
         self.example_mlp = nn.ModuleDict({k: nn.Sequential(nn.Linear(2, meta_hidden), nn.ReLU(),
@@ -169,7 +164,7 @@ class MetaNetwork(Method):
                               f"(got {sorted(ways_test)}).")
         m = config["model"]
         return cls(item_shape[0], config["train"]["ways"], ways_test.pop(), m["width"], m["depth"], m["feature"],
-                   m["chunks"], m["meta_hidden"], m["task_level"], m["compile"])
+                   m["chunks"], m["meta_hidden"], m["task_level"])
 
     def _head(self, ways: int) -> str:
         if ways == self.ways_train:
@@ -186,12 +181,6 @@ class MetaNetwork(Method):
     def _names(self, net: AugmentedNet, head: str) -> list[str]:
         return [n for n, _ in net.named_parameters() if not n.startswith("heads.") or n == f"heads.{head}"]
 
-    def _block(self) -> int | None:
-        """Coordinates per call of a meta-learner: all at once compiled (one fused kernel per step), blocks of
-        ``eager_block`` (16,384) in eager mode, where every operation is one pass over its operands and
-        cache-sized blocks make the LSTM step 1.8× faster than one [150k, 80] pass (measured on this CPU)."""
-        return None if self.compile_step else self.eager_block
-
     def _by_kind(self, names: list[str]) -> dict[str, list[str]]:
         kinds: dict[str, list[str]] = {"conv": [], "fc": []}
         for n in names:
@@ -203,8 +192,6 @@ class MetaNetwork(Method):
         names = self._names(self.key, head)
         params = dict(self.key.named_parameters())
         kinds = self._by_kind(names)
-        step = compiled(lstm_step, dynamic=True) if self.compile_step else lstm_step
-        block = self._block()
         state: dict[str, list[tuple[torch.Tensor | None, torch.Tensor | None]]] = {}
         out: dict[str, torch.Tensor] = {}
         for chunk in torch.arange(len(sx)).chunk(self.chunks):
@@ -214,12 +201,12 @@ class MetaNetwork(Method):
             for kind, members in kinds.items():
                 g = torch.cat([grads[n].detach().reshape(-1) for n in members])  # [n]
                 lstm, head_out = self.task_lstm[kind], self.task_out[kind]
-                parts = g.split(block or len(g))
+                parts = g.split(self.block)
                 states = state.setdefault(kind, [(None, None)] * len(parts))
                 outs = []
                 for j, part in enumerate(parts):
-                    h, c, o = step(part, *states[j], lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh,
-                                   head_out.weight, head_out.bias)
+                    h, c, o = lstm_step(part, *states[j], lstm.weight_ih, lstm.weight_hh, lstm.bias_ih,
+                                        lstm.bias_hh, head_out.weight, head_out.bias)
                     states[j] = (h, c)
                     outs.append(o)
                 out[kind] = torch.cat(outs)
@@ -238,16 +225,12 @@ class MetaNetwork(Method):
         with torch.enable_grad():
             grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, sx, sy)
         fast: dict[str, torch.Tensor] = {}
-        mlp_fn = compiled(mlp_3, dynamic=True) if self.compile_step else mlp_3
-        block = self._block()
         for kind, members in self._by_kind(names).items():
             g = torch.cat([grads[n].detach().reshape(len(sx), -1) for n in members], 1)  # [n_support, n]
             mlp = self.example_mlp[kind]
-            # blocks of coordinates in eager mode; compiled, blocks of 5 support items (a [100, 150k, 20] hidden
-            # layer at 20-way 5-shot would take 1.2 GB)
-            size, dim = (block, 1) if block else (5, 0)
-            w = torch.cat([mlp_fn(part, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, mlp[4].weight,
-                                  mlp[4].bias) for part in g.split(size, dim)], dim)
+            # blocks of coordinates (all support items at once: [n_support, block, hidden] stays small)
+            w = torch.cat([mlp_3(part, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias, mlp[4].weight,
+                                 mlp[4].bias) for part in g.split(self.block, 1)], 1)
             fast.update({n: part.reshape(len(sx), *params[n].shape)
                          for n, part in zip(members, w.split([params[n].numel() for n in members], 1))})
         return fast

@@ -1,11 +1,10 @@
 """``torch.compile`` for the small, hot functions of the memory networks (``model.compile``): the time steps of
-the NTM and MANN, the coordinate-wise meta-learners of Meta Networks.
+the NTM and MANN.
 
 A recurrent step is dozens of small element-wise operations on ``[B, N, W]`` memories, run T times forward
-and backward (a meta-learner step: a dozen on ``[150k, 80]`` gates): eager PyTorch pays one dispatch and one
-pass over memory per operation, the compiled function fuses them. One compiled function per step function,
-created on first use and shared by all instances (dynamo guards on the module it is called with and
-recompiles when the module or the grad mode changes).
+and backward: eager PyTorch pays one dispatch and one pass over memory per operation, the compiled function
+fuses them. One compiled function per step function, created on first use and shared by all instances (dynamo
+guards on the module it is called with and recompiles when the module or the grad mode changes).
 The step is traced as one graph (``fullgraph=True``): a graph break is a defect of the step and raises.
 
 A machine without a working C++ compiler fails in the backend while the forward step is compiled, on the
@@ -23,21 +22,20 @@ import torch
 
 from fewshot.errors import ConfigError
 
-_CACHE: dict[tuple[Callable[..., Any], bool], Callable[..., Any]] = {}
+_CACHE: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
-def compiled(fn: Callable[..., Any], dynamic: bool = False) -> Callable[..., Any]:
-    """``fn`` compiled once (``torch.compile(fn, dynamic=dynamic, fullgraph=True)``): static shapes by default;
-    ``dynamic`` for a function called with many sizes (one graph for all, instead of one per size up to dynamo's
-    recompile limit, beyond which a ``fullgraph`` function raises).
+def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` compiled once (``torch.compile(fn, fullgraph=True)``, static shapes: one graph per size, up to
+    dynamo's recompile limit, beyond which a ``fullgraph`` function raises).
 
     A backend failure while the forward step compiles (no C++ compiler, inductor error) is raised as
     :class:`ConfigError`.
     """
     from torch._dynamo.exc import BackendCompilerFailed  # here, not at import: loading dynamo costs ~1 s
 
-    if (fn, dynamic) not in _CACHE:
-        inner = torch.compile(fn, dynamic=dynamic, fullgraph=True)
+    if fn not in _CACHE:
+        inner = torch.compile(fn, fullgraph=True)
 
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
@@ -48,5 +46,5 @@ def compiled(fn: Callable[..., Any], dynamic: bool = False) -> Callable[..., Any
                 raise ConfigError(f"torch.compile could not build {fn.__qualname__} on this machine ({reason}); "
                                   f"set model.compile=false to run without it.") from exc
 
-        _CACHE[fn, dynamic] = call
-    return _CACHE[fn, dynamic]
+        _CACHE[fn] = call
+    return _CACHE[fn]
