@@ -104,7 +104,7 @@ def test_fast_weights_equal_a_per_parameter_lstm_cell_and_mlp():
     params = dict(model.key.named_parameters())
     state = {n: None for n in names}
     expected = {}
-    for chunk in torch.arange(7).chunk(3):  # chunks of 3, 2, 2 support items; LSTM state carried across them
+    for chunk in torch.arange(7).chunk(3):  # chunks of 3, 3, 1 support items; LSTM state carried across them
         loss = torch.nn.functional.cross_entropy(model.key(sx[chunk]), sy[chunk])
         for n, g in zip(names, torch.autograd.grad(loss, [params[n] for n in names])):
             state[n] = model.task_lstm[kind(n)](preprocess_gradient(g).reshape(-1, 2), state[n])
@@ -123,3 +123,44 @@ def test_fast_weights_equal_a_per_parameter_lstm_cell_and_mlp():
             loss = torch.nn.functional.cross_entropy(model.base(sx[i:i + 1]), sy[i:i + 1])
             (g,) = torch.autograd.grad(loss, [p])
             torch.testing.assert_close(got[n][i], model.example_mlp[kind(n)](preprocess_gradient(g)).squeeze(-1))
+
+
+def _augmented_forward(x, slow: dict, fast: dict, head: str, key: bool = False) -> torch.Tensor:
+    """The paper's layer augmentation written out: ReLU(slow(h)) + ReLU(fast(h)) in every hidden layer, ceil-mode
+    pooling; the key is fc1's slow + fast output without ReLU; the output layer sums slow and fast."""
+    f = torch.nn.functional
+    h, i = x, 0
+    while f"convs.{i}" in slow:
+        h = f.relu(f.conv2d(h, slow[f"convs.{i}"], padding=1)) + f.relu(f.conv2d(h, fast[f"convs.{i}"], padding=1))
+        h = f.max_pool2d(h, 2, ceil_mode=True)
+        i += 1
+    h = h.flatten(1)
+    if key:
+        return h @ slow["fc1"].t() + h @ fast["fc1"].t()
+    h = f.relu(h @ slow["fc1"].t()) + f.relu(h @ fast["fc1"].t())
+    return h @ slow[f"heads.{head}"].t() + h @ fast[f"heads.{head}"].t()
+
+
+def test_query_read_and_layer_augmentation_by_hand():
+    """logits = b(x_q; W_b, W*_q) with W*_q = Σ_i a_i W*_i, a = softmax_i(cos(r_q, r_i)), r = u(x; W_u, W*_u): written
+    out query by query with non-zero fast weights (W*_u and W*_i themselves are checked against nn.LSTMCell and
+    the MLP above)."""
+    model, batch = lively(), tiny_batch()
+    sx, sy, qx = batch.support_x[0], batch.support_y[0], batch.query_x[0]
+    fast_u = model._task_fast_weights(sx, sy, "ways_train")
+    assert all(float(w.abs().max()) > 0 for w in fast_u.values())
+    # W*_i clearly different per support item, so that the attention weights matter
+    g = torch.Generator().manual_seed(5)
+    fast_b = {n: torch.randn(7, *p.shape, generator=g, dtype=p.dtype) * 0.3
+              for n, p in model.base.named_parameters() if n != "heads.ways_test"}
+    model._example_fast_weights = lambda *args: fast_b
+    slow_u, slow_b = dict(model.key.named_parameters()), dict(model.base.named_parameters())
+    keys = torch.nn.functional.normalize(_augmented_forward(sx, slow_u, fast_u, "ways_train", key=True), dim=-1)
+    got = model.logits(batch)[0]
+    assert got.shape == (4, 5)
+    for q in range(4):
+        r_q = torch.nn.functional.normalize(_augmented_forward(qx[q:q + 1], slow_u, fast_u, "ways_train", key=True), dim=-1)
+        cos = (keys @ r_q[0]).tolist()
+        a = [math.exp(c) / sum(math.exp(d) for d in cos) for c in cos]
+        w_q = {n: sum(a[i] * w[i] for i in range(7)) for n, w in fast_b.items()}
+        torch.testing.assert_close(got[q], _augmented_forward(qx[q:q + 1], slow_b, w_q, "ways_train")[0])
