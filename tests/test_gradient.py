@@ -59,6 +59,29 @@ def test_one_step_meta_gradient_equals_the_closed_form_of_a_quadratic():
         torch.testing.assert_close(grad.t(), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_two_step_meta_gradient_equals_the_closed_form_of_a_quadratic():
+    """Two inner steps on the same quadratic: w_k = w_{k−1} − α·(2/n)·Xᵀ(X w_{k−1} − y), and the exact
+    meta-gradient is (I − αH)² ∇L^val(w_2); first order keeps ∇L^val(w_2) alone."""
+    torch.manual_seed(1)
+    d, n, m, alpha = 3, 5, 4, 0.15
+    X, y, Q, yq = torch.randn(n, d).double(), torch.randn(n, 1).double(), torch.randn(m, d).double(), torch.randn(m, 1).double()
+    batch = TaskBatch(X[None], y[None], Q[None], yq[None], 0)
+    for first_order in (False, True):
+        net = nn.Sequential(nn.Linear(d, 1, bias=False)).double()
+        model = MAML(net, inner_lr=alpha, inner_steps=2, first_order=first_order)
+        w = net[0].weight.detach().t().clone()
+        loss, _ = model.loss(batch)
+        (grad,) = torch.autograd.grad(loss, [net[0].weight])
+        w2 = w
+        for _ in range(2):
+            w2 = w2 - alpha * 2 / n * X.t() @ (X @ w2 - y)
+        v = 2 / m * Q.t() @ (Q @ w2 - yq)
+        A = torch.eye(d, dtype=torch.double) - alpha * 2 / n * X.t() @ X
+        expected = v if first_order else A @ A @ v
+        torch.testing.assert_close(grad.t(), expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(loss, ((Q @ w2 - yq) ** 2).mean(), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("steps", [1, 2])
 def test_second_order_meta_gradient_matches_central_finite_differences(steps):
     torch.manual_seed(1)
@@ -460,6 +483,42 @@ def test_reptile_update_is_the_interpolation_towards_the_adapted_weights():
     for k, p in enumerate(net.parameters()):
         expected = theta[k] + 0.5 * ((ends[0][k] - theta[k]) + (ends[1][k] - theta[k])) / 2
         torch.testing.assert_close(p.detach(), expected)
+
+
+def test_reptile_inner_loops_and_meta_step_by_hand():
+    """Full-batch inner loops on two quadratics, written out: SGD w ← w − α·(2/n)Xᵀ(Xw − y); Adam with β₁ = 0,
+    v ← β₂v + (1 − β₂)g², w ← w − α·g/(√(v/(1 − β₂^t)) + 1e-8), the moments v and the step count t carried from
+    one task (and meta-iteration) to the next; then θ ← θ + ε·mean_i(W_i − θ)."""
+    from fewshot.methods.reptile import Reptile
+
+    torch.manual_seed(21)
+    d, n, steps, alpha, eps = 3, 6, 3, 0.05, 0.5
+    X, Y = torch.randn(2, n, d).double(), torch.randn(2, n, 1).double()
+    batch = TaskBatch(X, Y, X[:, :2], Y[:, :2], 0)
+    for optimizer in ("sgd", "adam"):
+        net = nn.Sequential(nn.Linear(d, 1, bias=False)).double()
+        model = Reptile(net, inner_lr=alpha, inner_steps=steps, inner_batch=n, inner_optimizer=optimizer,
+                        meta_step=eps, meta_step_final=eps, anneal_steps=10)
+        assert model.beta2 == 0.999
+        theta = net[0].weight.detach().t().clone()  # [d, 1]
+        v, t, ends = torch.zeros(d, 1, dtype=torch.double), 0, []
+        for i in range(2):
+            w = theta.clone()
+            for _ in range(steps):
+                g = 2 / n * X[i].t() @ (X[i] @ w - Y[i])
+                if optimizer == "sgd":
+                    w = w - alpha * g
+                else:
+                    t += 1
+                    v = 0.999 * v + 0.001 * g * g
+                    w = w - alpha * g / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+            ends.append(w)
+        model.train_step(batch, None)
+        expected = theta + eps * ((ends[0] - theta) + (ends[1] - theta)) / 2
+        torch.testing.assert_close(net[0].weight.detach().t(), expected, rtol=1e-10, atol=1e-12)
+        if optimizer == "adam":
+            assert int(model.adam_count) == 2 * steps
+            torch.testing.assert_close(model.adam_v__0__weight.t(), v, rtol=1e-10, atol=1e-15)
 
 
 def test_reptile_evaluation_changes_neither_weights_nor_moments_and_non_transductive_is_per_item():
