@@ -21,7 +21,11 @@ def test_softabs_is_the_sigmoid_form():
     for a in (-1.0, -0.3, 0.0, 0.2, 0.9):
         expected = s(10 * (a - 0.5)) + s(10 * (-a - 0.5))
         assert float(softabs(torch.tensor(a))) == pytest.approx(expected, rel=1e-6)
-    assert float(softabs(torch.tensor(0.0))) < 0.014 and float(softabs(torch.tensor(1.0))) > 0.99
+    # literal values: softabs(0) = 2σ(−5), softabs(±1) = σ(5) + σ(−15)
+    assert float(softabs(torch.tensor(0.0))) == pytest.approx(0.0133857, abs=1e-7)
+    assert float(softabs(torch.tensor(1.0))) == pytest.approx(0.9933074, abs=1e-7)
+    assert float(softabs(torch.tensor(-1.0))) == pytest.approx(0.9933074, abs=1e-7)
+    assert float(softabs(torch.tensor(0.5))) == pytest.approx(0.5 + 1 / (1 + math.exp(10)), abs=1e-7)
 
 
 def test_straight_through_estimators():
@@ -44,10 +48,22 @@ def test_fake_quantization_has_127_levels_and_identity_gradient():
 
 
 def test_xnor_layers_use_signs_and_per_channel_scales():
+    torch.manual_seed(0)
     conv = XNORConv2d(2, 3, 3)
+    torch.testing.assert_close(conv.scale.detach(), conv.weight.detach().abs().mean((1, 2, 3)))  # init: mean|W|
+    with torch.no_grad():
+        conv.scale.copy_(torch.tensor([0.5, 1.0, 2.0]))
     x = torch.randn(2, 2, 5, 5)
     out = conv(x)
     assert out.shape == (2, 3, 3, 3) and conv.scale.shape == (3,)
+    # weights standardized per output channel, inputs per sample, then sign(): conv of ±1 maps times the scale
+    w = conv.weight.detach()
+    w_std = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+    x_std = (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + 1e-5)
+    pm = lambda t: torch.where(t >= 0, 1.0, -1.0)  # noqa: E731
+    expected = torch.nn.functional.conv2d(pm(x_std), pm(w_std) * torch.tensor([0.5, 1.0, 2.0])[:, None, None, None],
+                                          conv.bias.detach())
+    torch.testing.assert_close(out.detach(), expected)
     lin = XNORLinear(4, 2)
     y = lin(torch.randn(3, 4))
     # binary inputs and binary weights: each output is a multiple of its scale (± up to the fan-in) plus bias
@@ -79,6 +95,30 @@ def test_training_and_inference_reads_hand_computed():
     torch.testing.assert_close(model.logits(batch)[0, 0], torch.tensor([0.75, 1.0]))
     model.infer_keys, model.training = "fp", False
     torch.testing.assert_close(model.logits(batch)[0, 0], torch.tensor([1.5, 2.5]) / math.sqrt(8.5))
+
+
+def test_softabs_softmax_and_bipolar_training_reads_hand_computed():
+    """Training reads with the default softabs (a key opposite to the query weighs as much as an aligned one),
+    softmax (exp) and sign()-ed support keys (train_keys=bipolar): w = s(cos) / Σ s(cos), summed per class."""
+    from fewshot.tasks import TaskBatch
+
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    # keys k0 = [1, −1] (label 0), k1 = [1, 1] (label 1), k2 = [−2, −0.5] (label 0, opposite to q); q = [2, 0.5]
+    batch = TaskBatch(torch.tensor([[[1.0, -1.0], [1.0, 1.0], [-2.0, -0.5]]]), torch.tensor([[0, 1, 0]]),
+                      torch.tensor([[[2.0, 0.5]]]), torch.tensor([[1]]), 2)
+    cos = [1.5 / math.sqrt(8.5), 2.5 / math.sqrt(8.5), -1.0]
+    soft = [sig(10 * (a - 0.5)) + sig(10 * (-a - 0.5)) for a in cos]
+    expected = torch.tensor([soft[0] + soft[2], soft[1]]) / sum(soft)
+    model = BATMANN(nn.Identity(), dim=2)  # softabs, steepness 10
+    model.train()
+    torch.testing.assert_close(model.logits(batch)[0, 0], expected)
+    assert float(model.logits(batch)[0, 0, 0]) > 0.5  # the opposite key counts for label 0
+    model.sharpen = "softmax"
+    e = [math.exp(a) for a in cos]
+    torch.testing.assert_close(model.logits(batch)[0, 0], torch.tensor([e[0] + e[2], e[1]]) / sum(e))
+    model.sharpen, model.train_keys = "abs", "bipolar"  # keys → [1, −1], [1, 1], [−1, −1]; q stays real
+    c = [1.5, 2.5, 2.5]  # |q·sign(k)|, all norms equal (√4.25 · √2)
+    torch.testing.assert_close(model.logits(batch)[0, 0], torch.tensor([c[0] + c[2], c[1]]) / sum(c))
 
 
 def test_batmann_learns_a_synthetic_task_and_survives_bipolar_inference():

@@ -92,6 +92,9 @@ def test_ctrl_c_then_resume(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "checkpoints" / "best.pt").exists():
         time.sleep(0.2)
+    if not (run / "checkpoints" / "best.pt").exists():  # a safety limit, not a timing check
+        proc.kill()
+        pytest.fail(f"the training wrote no validation checkpoint within 120 s: {proc.communicate()[1][-500:]}")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

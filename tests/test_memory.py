@@ -57,13 +57,17 @@ def test_sharpening_hand_values_and_finite_gradient_at_zero():
 def test_address_modes():
     memory = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
     previous = torch.tensor([[[1.0, 0.0, 0.0]]])
-    args = dict(keys=torch.tensor([[[0.0, 1.0]]]), strength=torch.tensor([[50.0]]), gate=torch.tensor([[0.0]]),
-                shift=torch.tensor([[[0.0, 0.0, 1.0]]]), gamma=torch.tensor([[1.0]]), previous=previous, memory=memory)
-    # gate 0 keeps the previous focus, shifted by +1
-    torch.testing.assert_close(address(**args), torch.tensor([[[0.0, 1.0, 0.0]]]), atol=1e-6, rtol=0)
+    args = dict(keys=torch.tensor([[[0.0, 1.0]]]), strength=torch.tensor([[50.0]]), gate=torch.tensor([[0.25]]),
+                shift=torch.tensor([[[0.0, 0.0, 1.0]]]), gamma=torch.tensor([[2.0]]), previous=previous, memory=memory)
+    # content: softmax(β·cos) = softmax(50·[0, 1, 1/√2])
+    sims = torch.tensor([0.0, 1.0, 1 / math.sqrt(2)])
+    content = torch.softmax(50 * sims, 0)[None, None]
+    torch.testing.assert_close(address(**args, mode="content"), content, atol=1e-6, rtol=0)
+    # both: g·content + (1 − g)·previous = [0.75, 0.25, ~0], shifted by +1 → [0, 0.75, 0.25], sharpened with
+    # γ = 2 → [0, 0.5625, 0.0625] / 0.625 = [0, 0.9, 0.1]
+    torch.testing.assert_close(address(**args), torch.tensor([[[0.0, 0.9, 0.1]]]), atol=1e-5, rtol=0)
+    # location: the previous focus alone, shifted by +1 (sharpening a one-hot changes nothing)
     torch.testing.assert_close(address(**args, mode="location"), torch.tensor([[[0.0, 1.0, 0.0]]]), atol=1e-6, rtol=0)
-    content = address(**args, mode="content")
-    assert int(content.argmax()) == 1
 
 
 def test_read_and_erase_then_add():

@@ -1,5 +1,4 @@
 import io
-import time
 import zipfile
 
 import pytest
@@ -61,9 +60,7 @@ def test_all_characters_decoded_with_stroke_one(characters):
 
 def test_cache_is_used_on_the_next_start(omniglot_root, characters, monkeypatch):
     monkeypatch.setattr(og, "_read_pngs", lambda *a: pytest.fail("decoded again instead of using the cache"))
-    t = time.perf_counter()
     images, names, _ = og.load_characters(omniglot_root, 28)
-    assert time.perf_counter() - t < 10  # generous; `fewshot bench` style timing is not a test
     assert torch.equal(images, characters[0]) and names == characters[1]
 
 
