@@ -77,6 +77,65 @@ def test_shipped_configs_build_the_reference_layouts(config, count):
     assert sum(p.numel() for p in build_method(load_config(config), (400,)).parameters()) == count
 
 
+def _hand_step(lu_assignment: str, write_vector: str, read_on: str):
+    """One MANN step with constant head outputs (zero head weights, set biases), from a hand-made state."""
+    import math
+
+    torch.manual_seed(0)
+    net = MANN(2, 2, controller_size=3, memory_slots=3, memory_width=2, heads=2, gamma=0.95, lu_assignment=lu_assignment,
+               write_vector=write_vector, read_on=read_on).double()
+    keys, adds, alphas = [[0.6, 0.0], [0.0, 0.8]], [[0.5, -0.5], [0.2, 0.4]], [0.0, math.log(3.0)]  # σ(α) = ½, ¾
+    with torch.no_grad():
+        for p, k, a, al in zip(net.head_params, keys, adds, alphas):
+            p.weight.zero_()
+            p.bias.copy_(torch.tensor([*map(math.atanh, k), *map(math.atanh, a), al]))
+    state = {"h": torch.zeros(1, 3).double(), "c": torch.zeros(1, 3).double(),
+             "memory": torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]]).double(),
+             "usage": torch.tensor([[0.5, 0.1, 0.3]]).double(),  # least used: slot 1, then 2, then 0
+             "read_w": torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]).double(),
+             "reads": torch.zeros(1, 2, 2).double()}
+    heads = (torch.cat([p.weight for p in net.head_params]), torch.cat([p.bias for p in net.head_params]))
+    n_in = 2 + 2
+    _, new = net.step(torch.zeros(1, 12).double(), net.controller.linear.weight[:, n_in:], heads, state)
+    return new, torch.tensor(keys).double(), torch.tensor(adds).double()
+
+
+@pytest.mark.parametrize("lu_assignment,write_vector,read_on", [("per_head", "separate", "after_write"),
+                                                                ("summed", "separate", "after_write"),
+                                                                ("per_head", "key", "after_write"),
+                                                                ("per_head", "separate", "before_write")])
+def test_one_lrua_step_by_hand(lu_assignment, write_vector, read_on):
+    """w^w = σ(α) w^r_{t−1} + (1 − σ(α)) w^lu (head i → i-th least-used slot, or every head the sum of the two
+    least-used one-hots); the least-used slot zeroed, then M_t = M + Σ_h w^w_h ⊗ v_h (v: add vector or key);
+    w^r = softmax(cos(k, M)) against M_t or M_{t−1}; r = w^r M_t; w^u = γ w^u_{t−1} + Σ w^r + Σ w^w."""
+    new, keys, adds = _hand_step(lu_assignment, write_vector, read_on)
+    if lu_assignment == "per_head":  # head 0 → slot 1, head 1 → slot 2
+        write_w = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.75, 0.25]]).double()
+    else:  # both heads → slots 1 and 2
+        write_w = torch.tensor([[0.5, 0.5, 0.5], [0.0, 1.0, 0.25]]).double()
+    v = adds if write_vector == "separate" else keys
+    before = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]).double()
+    memory = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]).double()  # slot 1 (least used) zeroed
+    for h in range(2):
+        memory = memory + write_w[h][:, None] * v[h][None, :]
+    if (lu_assignment, write_vector) == ("per_head", "separate"):  # the default layout, fully by hand
+        torch.testing.assert_close(memory, torch.tensor([[1.25, -0.25], [0.4, 0.05], [1.05, 1.1]]).double())
+    basis = memory if read_on == "after_write" else before
+    cos = torch.stack([torch.nn.functional.cosine_similarity(keys[h][None], basis, dim=-1) for h in range(2)])
+    read_w = torch.softmax(cos, -1)
+    torch.testing.assert_close(new["memory"][0], memory)
+    torch.testing.assert_close(new["read_w"][0], read_w, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(new["reads"][0], read_w @ memory, atol=1e-6, rtol=1e-6)
+    usage = 0.95 * torch.tensor([0.5, 0.1, 0.3]).double() + read_w.sum(0) + write_w.sum(0)
+    torch.testing.assert_close(new["usage"][0], usage, atol=1e-6, rtol=1e-6)
+
+
+def test_read_before_and_after_the_write_differ():
+    after, _, _ = _hand_step("per_head", "separate", "after_write")
+    before, _, _ = _hand_step("per_head", "separate", "before_write")
+    assert not torch.allclose(after["read_w"], before["read_w"], atol=1e-3)
+
+
 def test_per_instance_accuracy_with_missing_instances():
     batch = LabelSequenceBatch(torch.zeros(2, 3, 1), torch.tensor([[0, 0, 1], [1, 0, 1]]), 2)
     logits = torch.tensor([[[1.0, 0], [0, 1.0], [0, 1.0]], [[0, 1.0], [1.0, 0], [1.0, 0]]])
