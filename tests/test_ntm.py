@@ -73,6 +73,31 @@ def test_weightings_are_distributions_and_recorded():
     logits, w = net(torch.rand(3, 7, 5), record=True)
     assert logits.shape == (3, 7, 4) and w["read"].shape == (3, 7, 2, 10) and w["write"].shape == (3, 7, 2, 10)
     torch.testing.assert_close(w["read"].sum(-1), torch.ones(3, 7, 2))
+    torch.testing.assert_close(w["write"].sum(-1), torch.ones(3, 7, 2))
+
+
+@pytest.mark.parametrize("controller,addressing,output_from", [("lstm", "content_and_location", "controller_and_reads"),
+                                                               ("feedforward", "content", "controller"),
+                                                               ("lstm", "location", "controller")])
+def test_step_order_reads_before_the_write(controller, addressing, output_from):
+    """Documented order: address against M_{t−1}, read r_t from M_{t−1}, then write M_t. At t = 1 the memory is the
+    constant 1e-6, so r_1 = 1e-6 everywhere (a read after the write would carry the add vectors); r_2 is read from
+    M_1 with w^r_2; weightings are distributions for every controller and addressing mode."""
+    from fewshot.nn import memory as mem
+
+    torch.manual_seed(0)
+    net = NTM(5, 4, controller_size=16, memory_slots=10, memory_width=6, read_heads=2, write_heads=1,
+              controller=controller, addressing=addressing, output_from=output_from).double()
+    x = torch.rand(3, 2, 5).double()
+    state = net.initial_state(3, x.device, x.dtype)
+    y1, s1 = net.step(x[:, 0], state)
+    torch.testing.assert_close(s1["reads"], torch.full((3, 2, 6), 1e-6, dtype=torch.double))
+    assert float((s1["memory"].detach() - 1e-6).abs().max()) > 1e-3  # the write did change M_1
+    y2, s2 = net.step(x[:, 1], s1)
+    torch.testing.assert_close(s2["reads"], mem.read(s1["memory"], s2["weights"][:, :2]))
+    torch.testing.assert_close(s2["weights"].sum(-1), torch.ones(3, 3, dtype=torch.double))
+    features = s2["h"] if output_from == "controller" else torch.cat([s2["h"], s2["reads"].flatten(1)], -1)
+    torch.testing.assert_close(y2, net.output(features))
 
 
 @pytest.fixture
