@@ -281,6 +281,18 @@ def test_predict_builds_no_graph_and_adapts_more_steps_than_training():
     with torch.no_grad():
         outs = model.predict_steps(batch)
     assert len(outs) == 5 and all(o.shape == (2, 7, 1) and not o.requires_grad for o in outs)
+    # the k-step predictions of a linear model, by hand: w ← w − α·(2/n)·Σ(xw + b − y)x, b likewise
+    net = nn.Sequential(nn.Linear(1, 1)).double()
+    model = MAML(net, inner_lr=0.05, inner_steps=1, eval_steps=4)
+    batch = double_batch(batch)
+    outs = model.predict_steps(batch)
+    for i in range(2):
+        x, y, q = batch.support_x[i], batch.support_y[i], batch.query_x[i]
+        w, b = net[0].weight.detach().clone(), net[0].bias.detach().clone()
+        for k in range(5):
+            torch.testing.assert_close(outs[k][i].double(), q @ w.t() + b, rtol=1e-5, atol=1e-6)  # outputs in fp32
+            r = x @ w.t() + b - y
+            w, b = w - 0.05 * 2 * (r * x).mean(0, keepdim=True), b - 0.05 * 2 * r.mean(0)
 
 
 def test_function_sampler_is_seeded_and_batch_size_independent():
@@ -346,6 +358,10 @@ def test_cavia_context_is_not_a_parameter_and_starts_at_zero_for_every_task():
     model.train_step(batch, opt)
     phi = model.meta_params()["__context__"]
     assert torch.equal(phi, torch.zeros(3, dtype=phi.dtype))
+    # no context leaks from one task to the next: a 2-task batch's loss is the mean of the 1-task losses
+    one = [model.loss(TaskBatch(batch.support_x[i:i + 1], batch.support_y[i:i + 1], batch.query_x[i:i + 1],
+                                batch.query_y[i:i + 1], batch.ways))[0] for i in range(2)]
+    torch.testing.assert_close(model.loss(batch)[0], (one[0] + one[1]) / 2)
     adapted = model.adapt_task(model.meta_params(), batch.support_x[0], batch.support_y[0], 2, create_graph=False)
     assert float(adapted[-1]["__context__"].detach().abs().sum()) > 0  # only φ moved
     assert all(torch.equal(adapted[-1][n], p) for n, p in model.net.named_parameters())
@@ -455,6 +471,50 @@ def test_taml_with_zero_lambda_is_maml_and_its_term_has_a_gradient(taml):
     strong = MAML(net, inner_lr=0.3, taml=taml, taml_lambda=1.0)
     moved = torch.autograd.grad(strong.loss(batch)[0], list(net.parameters()))
     assert any(float((a - b).abs().max()) > 1e-8 for a, b in zip(base, moved))
+
+
+@pytest.mark.parametrize("taml,taml_on", [("theil", "initial"), ("theil", "adapted"), ("entropy", "initial")])
+def test_taml_term_by_hand(taml, taml_on):
+    """One linear softmax classifier, one SGD step: the logged TAML term and the meta-loss written out.
+    Theil on the initial support losses (or the adapted query losses): T = (1/B) Σ (ℓᵢ/ℓ̄) ln(ℓᵢ/ℓ̄);
+    entropy: −H(f_θ(x^s)) + H(f_θ'(x^s)), θ' = θ − α·∇L^tr; meta-loss = mean query loss + λ·term."""
+    import math
+
+    torch.manual_seed(12)
+    family = TaskFamily("logistic", dim=4)
+    batch = double_batch(FunctionSampler(family, 2, 4, 5, batch_size=3, seed=0).sample())
+    net = nn.Sequential(nn.Linear(4, 2)).double()
+    alpha, lam = 0.5, 0.3
+    model = MAML(net, inner_lr=alpha, taml=taml, taml_lambda=lam, taml_on=taml_on)
+    loss, metrics = model.loss(batch)
+    W, b = net[0].weight.detach(), net[0].bias.detach()
+
+    def ce(W, b, x, y):
+        p = torch.softmax(x @ W.t() + b, -1)
+        return float(-torch.log(p[torch.arange(len(y)), y]).mean()), p
+
+    def ent(p):
+        return float(-(p * p.log()).sum(-1).mean())
+
+    initial, query, h0, h1 = [], [], [], []
+    for i in range(3):
+        sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+        l0, p0 = ce(W, b, sx, sy)
+        onehot = torch.nn.functional.one_hot(sy, 2).double()
+        W1 = W - alpha * (p0 - onehot).t() @ sx / len(sy)  # ∇_W of the mean cross-entropy
+        b1 = b - alpha * (p0 - onehot).mean(0)
+        initial.append(l0)
+        query.append(ce(W1, b1, qx, qy)[0])
+        h0.append(ent(p0))
+        h1.append(ent(ce(W1, b1, sx, sy)[1]))
+    if taml == "theil":
+        ls = initial if taml_on == "initial" else query
+        mu = sum(ls) / 3
+        term = sum(v / mu * math.log(v / mu) for v in ls) / 3
+    else:
+        term = -sum(h0) / 3 + sum(h1) / 3
+    assert metrics["taml_term"] == pytest.approx(term, rel=1e-5, abs=1e-7)
+    assert float(loss.detach()) == pytest.approx(sum(query) / 3 + lam * term, rel=1e-5)
 
 
 # -- Reptile ------------------------------------------------------------------------------------------
