@@ -40,6 +40,18 @@ def test_balanced_episodes_distinct_items_and_shuffled_labels():
         LabelSequenceSampler(data, 2, 50)
 
 
+def test_iid_labels_are_unbalanced_with_distinct_items_per_class():
+    data = gaussian_classes("train", classes=100, examples=20, nuisance=0)
+    batch = LabelSequenceSampler(data, ways=5, length=50, batch_size=20, seed=0, labels="iid").sample()
+    counts = [torch.bincount(batch.labels[e], minlength=5).tolist() for e in range(20)]
+    assert any(c != [10] * 5 for c in counts)  # i.i.d. labels: some episode is unbalanced
+    for e in range(20):
+        for k in range(5):
+            items = batch.images[e][batch.labels[e] == k]
+            if 0 < len(items) <= 20:  # a class has 20 items: distinct while there are enough
+                assert len(torch.unique(items, dim=0)) == len(items)
+
+
 def test_rotation_and_translation_augment_images():
     data = gaussian_classes("train", classes=20, examples=20, dim=16, nuisance=0, image=True)
     plain = LabelSequenceSampler(data, 2, 4, 1, seed=1).sample()
@@ -55,6 +67,17 @@ def test_rotation_and_translation_augment_images():
         return out
 
     assert not torch.equal(plain.images, shifted.images)
+    # rotation: the same draws, every item of a label turned by that label's one multiple of 90°
+    used = set()
+    for seed in range(4):  # one episode per sampler: the rotation draws come after the item draws
+        plain8 = LabelSequenceSampler(data, 2, 8, 1, seed=seed).sample()
+        turned = LabelSequenceSampler(data, 2, 8, 1, seed=seed, rotate=True).sample()
+        for k in range(2):
+            a, b = plain8.images[0][plain8.labels[0] == k], turned.images[0][turned.labels[0] == k]
+            turns = [r for r in range(4) if torch.equal(torch.rot90(a, r, dims=(-2, -1)), b)]
+            assert turns, (seed, k)
+            used.update(turns)
+    assert used - {0}  # some class was turned
     for a, b in zip(plain.images[0], shifted.images[0]):
         assert any(torch.equal(shift(a, dy, dx), b) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
     with pytest.raises(DataError, match="translate between 0 and 1"):
