@@ -92,17 +92,46 @@ def test_huge_precision_pulls_the_prototype_onto_its_point():
         assert check(-model.predict(b)[0, 0, 0].item())  # class 0's prototype sits (almost) on the first point
 
 
-@pytest.mark.parametrize("transform,lo,hi", [("softplus", 1, None), ("sigmoid", 1, 2), ("sigmoid4", 1, 5), ("learned", 1, None)])
-def test_precision_transforms(transform, lo, hi):
+@pytest.mark.parametrize("transform,lo,hi,at0,at2", [("softplus", 1, None, 1.693147, 3.126928),
+                                                      ("sigmoid", 1, 2, 1.5, 1.880797),
+                                                      ("sigmoid4", 1, 5, 3.0, 4.523188),
+                                                      ("learned", 1, None, 1.693147, 3.126928)])
+def test_precision_transforms(transform, lo, hi, at0, at2):
+    """1 + softplus(r), 1 + σ(r), 1 + 4σ(r), and the learned offset + factor·softplus(r/div) (softplus at init)."""
     model = GaussianProtoNet(nn.Identity(), "diagonal", transform, embed_dim=2)
     s = model._precision(torch.linspace(-20, 20, 41))
     assert (s >= lo).all() and (hi is None or (s <= hi).all())
+    torch.testing.assert_close(model._precision(torch.tensor([0.0, 2.0])).detach(), torch.tensor([at0, at2]))
+    if transform == "learned":
+        model._precision(torch.tensor([0.0, 2.0])).sum().backward()
+        assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in (model.offset, model.factor, model.div))
+
+
+def test_gaussian_diagonal_hand_computed():
+    """Diagonal covariance, one class: class precision S = Σ s_i per dimension, prototype p = Σ s_i x_i / S,
+    logit −sqrt(Σ_d S_d (p_d − q_d)²) (non-squared distance)."""
+    import math
+
+    # 2 embedding channels, then 2 raw precision channels (softplus: s = 1 + softplus(raw))
+    sx = torch.tensor([[[0.0, 0.0, 0.0, -30.0], [4.0, 4.0, -30.0, 0.0]]])
+    qx = torch.tensor([[[0.0, 0.0, 5.0, 5.0]]])
+    b = TaskBatch(sx, torch.tensor([[0, 0]]), qx, torch.tensor([[0]]), 1)
+    logit = GaussianProtoNet(nn.Identity(), "diagonal", "softplus", embed_dim=2).predict(b)[0, 0, 0]
+    big, one = 1 + math.log(2), 1.0  # 1 + softplus(0), 1 + softplus(−30) ≈ 1
+    S = big + one  # = 2 + ln 2 in both dimensions
+    p = (4 * one / S, 4 * big / S)
+    assert logit.item() == pytest.approx(-math.sqrt(S * (p[0] ** 2 + p[1] ** 2)), rel=1e-5)
+    assert logit.item() == pytest.approx(-4.792949, rel=1e-5)
 
 
 def test_confidence_is_per_query():
+    """Each query's own precision, averaged over dimensions."""
     b = random_batch(dim=8)
     model = GaussianProtoNet(nn.Identity(), "diagonal", embed_dim=4)
     assert model.confidence(b).shape == (1, 12)
+    q = torch.tensor([[[9.0, 9.0, 9.0, 9.0, 0.0, 0.0, 2.0, 2.0]]])
+    one = TaskBatch(b.support_x, b.support_y, q, torch.tensor([[0]]), b.ways)
+    assert model.confidence(one)[0, 0].item() == pytest.approx((2 * 1.693147 + 2 * 3.126928) / 4, rel=1e-5)
 
 
 # -- every metric method learns a synthetic task -------------------------------------------------------
@@ -183,6 +212,10 @@ def test_relation_mse_loss_hand_computed():
     scores = torch.tensor([[[0.9, 0.2], [0.4, 0.5]]])
     loss = relation_loss(scores, torch.tensor([[0, 1]]), 2, "mse")
     assert loss.item() == pytest.approx(((0.1 ** 2) + 0.2 ** 2 + 0.4 ** 2 + 0.5 ** 2) / 4)
+    bce = relation_loss(scores, torch.tensor([[0, 1]]), 2, "bce")
+    assert bce.item() == pytest.approx(-(math.log(0.9) + math.log(0.8) + math.log(0.6) + math.log(0.5)) / 4, rel=1e-6)
+    ce = relation_loss(scores, torch.tensor([[0, 1]]), 2, "ce")  # scores as probabilities, normalized per query
+    assert ce.item() == pytest.approx((-math.log(0.9 / 1.1) - math.log(0.5 / 0.9)) / 2, rel=1e-6)
 
 
 def test_relation_learns_synthetic_images():
@@ -236,14 +269,59 @@ def test_distractor_cluster_absorbs_far_points():
     b = TaskBatch(torch.tensor([[[5.0], [9.0]]]), torch.tensor([[0, 1]]), torch.tensor([[[6.0]]]), torch.tensor([[0]]), 2,
                   unlabeled_x=torch.tensor([[[0.05], [5.2]]]))
     model = SemiSupervisedProtoNet(nn.Identity(), "distractor")
-    model.log_radius.data.fill_(math.log(1.0))
+    assert model.log_radius.item() == pytest.approx(math.log(100.0))  # initial distractor radius 100
+    # r = 2 (not 1, where log r = 0 and the 1/r² scaling would hide): distractor distance d/r², offset A(r) = log r;
+    # refined prototypes (5.099970, 8.999998), by hand from the soft assignments over {p_0, p_1, distractor at 0}
+    model.log_radius.data.fill_(math.log(2.0))
     soft = SemiSupervisedProtoNet(nn.Identity(), "soft_kmeans").predict(b)
     dist = model.predict(b)
+    torch.testing.assert_close(dist[0, 0, :2], torch.tensor([-0.810054, -8.999987]), atol=1e-5, rtol=1e-5)
     # the point near the origin pulls p_0 towards 0 in plain soft k-means, not with the distractor cluster
     assert dist[0, 0, 0] > soft[0, 0, 0]
     loss, _ = model.loss(b)
+    assert loss.item() == pytest.approx(4.1606e-4, rel=1e-3)
     loss.backward()
-    assert model.log_radius.grad is not None
+    assert model.log_radius.grad is not None and model.log_radius.grad.item() != 0
+
+
+def test_masked_soft_kmeans_hand_computed_and_mask_inputs_are_constants():
+    """m = σ(−γ(d̃ − β)) with β = 1, γ = 1 (mask MLP output fixed by its bias): p_c = (Σ x + Σ z̃ m x̃) / (n + Σ z̃ m),
+    on normalized distances d̃; the statistics fed to the mask MLP carry no gradient, its weights do."""
+    from fewshot.methods import SemiSupervisedProtoNet
+
+    b = TaskBatch(torch.tensor([[[0.0], [4.0]]]), torch.tensor([[0, 1]]), torch.tensor([[[1.5]]]), torch.tensor([[0]]), 2,
+                  unlabeled_x=torch.tensor([[[1.0], [3.0]]]))
+    model = SemiSupervisedProtoNet(nn.Identity(), "masked")
+    with torch.no_grad():
+        model.mask_mlp[2].weight.zero_()
+        model.mask_mlp[2].bias.copy_(torch.tensor([1.0, 0.0]))  # β = 1, log γ = 0
+    torch.testing.assert_close(model.predict(b)[0, 0], torch.tensor([-1.191692, -4.374985]), atol=1e-5, rtol=1e-5)
+    plain = SemiSupervisedProtoNet(nn.Identity(), "soft_kmeans").predict(b)[0, 0]
+    torch.testing.assert_close(plain, torch.tensor([-0.99933, -3.99866]), atol=1e-5, rtol=1e-5)  # the mask matters
+    seen = []
+    model.mask_mlp.register_forward_hook(lambda m, inp, out: seen.append(inp[0].requires_grad))
+    enc = nn.Linear(1, 1)
+    model.encoder = enc
+    with torch.no_grad():
+        enc.weight.fill_(1.0)
+        enc.bias.zero_()
+    model.loss(b)[0].backward()
+    assert seen == [False] and float(model.mask_mlp[2].weight.grad.abs().sum()) > 0  # the mask MLP is trained
+
+
+def test_soft_kmeans_refinement_steps():
+    """Two refinement steps: the second assignment uses the once-refined prototypes."""
+    from fewshot.methods import SemiSupervisedProtoNet
+
+    b = TaskBatch(torch.tensor([[[0.0], [4.0]]]), torch.tensor([[0, 1]]), torch.tensor([[[2.0]]]), torch.tensor([[0]]), 2,
+                  unlabeled_x=torch.tensor([[[1.0]]]))
+    p = [0.0, 4.0]
+    for _ in range(2):  # by hand
+        w = torch.softmax(torch.tensor([-(1 - p[0]) ** 2, -(1 - p[1]) ** 2]), 0).tolist()
+        p = [(0 + w[0]) / (1 + w[0]), (4 + w[1]) / (1 + w[1])]
+    logits = SemiSupervisedProtoNet(nn.Identity(), "soft_kmeans", refine_steps=2).predict(b)[0, 0]
+    torch.testing.assert_close(logits, torch.tensor([-(2 - p[0]) ** 2, -(2 - p[1]) ** 2]), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(logits, torch.tensor([-2.250120, -3.998088]), atol=1e-5, rtol=1e-5)
 
 
 def test_masked_statistics_are_constants():

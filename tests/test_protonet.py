@@ -44,9 +44,15 @@ def test_distance_matches_broadcasting_and_linear_form():
     a, b = torch.randn(3, 7, 5, generator=g), torch.randn(3, 4, 5, generator=g)
     direct = ((a[:, :, None] - b[:, None]) ** 2).sum(-1)
     assert torch.allclose(pairwise_distance(a, b), direct, atol=1e-5)
-    # -||f - c||^2 = 2 c.f - ||c||^2 - ||f||^2: the class-dependent part is linear in f (Snell et al. §2.4)
-    linear = 2 * a @ b.transpose(1, 2) - (b ** 2).sum(-1)[:, None]
-    assert torch.allclose((-direct) - linear, -(a ** 2).sum(-1, keepdim=True).expand_as(direct), atol=1e-5)
+    # the model's logits: -||f - c||^2 = 2 c.f - ||c||^2 - ||f||^2, the class-dependent part linear in f
+    # (Snell et al. §2.4), with c the class means computed here
+    sx, qx = torch.randn(1, 8, 5, generator=g), torch.randn(1, 7, 5, generator=g)
+    sy = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]])
+    logits = ProtoNet(nn.Identity()).predict(TaskBatch(sx, sy, qx, torch.zeros(1, 7, dtype=torch.long), 4))[0]
+    c = torch.stack([sx[0][sy[0] == k].mean(0) for k in range(4)])
+    linear = 2 * qx[0] @ c.t() - (c ** 2).sum(-1)[None]
+    assert torch.allclose(logits + (qx[0] ** 2).sum(-1, keepdim=True), linear, atol=1e-5)
+    assert torch.allclose(logits.log_softmax(-1), linear.log_softmax(-1), atol=1e-5)
 
 
 def test_gradient_of_euclidean_is_finite_at_zero_distance():
