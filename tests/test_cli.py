@@ -35,8 +35,11 @@ def test_train_then_eval(tmp_path, capsys):
     assert code == 0 and "protonet-synthetic-5w1s" in out
     results = json.loads((run / "results.json").read_text())
     assert results["test"][0]["tasks"] == 20 and 0 <= results["test"][0]["mean"] <= 100
+    assert results["test"][0]["checkpoint"] == "best"
     code, out, _ = run_cli(capsys, "eval", str(run), "--checkpoint", "last")
     assert code == 0 and "over 20 test tasks" in out
+    last = json.loads((run / "results.json").read_text())["test"][0]
+    assert last["checkpoint"] == "last" and last["selected_step"] == 20  # the final weights, after 20 episodes
     code, out, _ = run_cli(capsys, "eval", str(run), "--set", "eval.tasks=30")
     assert code == 0 and (run / "results-eval.json").exists() and "over 30 test tasks" in out
 

@@ -74,8 +74,28 @@ def test_best_checkpoint_is_selected_on_validation(tmp_path):
     best = max(vals, key=lambda r: r["val_accuracy"])
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     assert state["step"] == best["step"] and t.best == best["val_accuracy"]
-    results = json.loads((tmp_path / "run" / "results.json").read_text()) if (tmp_path / "run" / "results.json").exists() else t.test()
-    assert results["test"][0]["selected_step"] == best["step"]
+    assert t.test()["test"][0]["selected_step"] == best["step"]
+    # the step schedule: lr 3e-3 halved every 10 episodes (logged after the step's update)
+    lrs = {r["step"]: r["lr"] for r in t.metrics.read() if "lr" in r}
+    assert [lrs[k] for k in (5, 10, 15, 20, 25, 30)] == pytest.approx([3e-3, 1.5e-3, 1.5e-3, 7.5e-4, 7.5e-4, 3.75e-4])
+
+
+@pytest.mark.parametrize("metric,values,best,best_step,record", [
+    ("accuracy", [50.0, 70.0, 60.0], 70.0, 20, [50.0, 70.0, 70.0]),
+    ("mse", [0.5, 0.2, 0.3], -0.2, 20, [0.5, 0.2, 0.2])])  # lower is better: kept as −MSE internally
+def test_model_selection_keeps_the_best_not_the_last(tmp_path, metric, values, best, best_step, record):
+    """Scripted validation results (rise, peak, fall): best.pt holds the peak's step, never simply the latest."""
+    config = load_config("protonet", TINY)
+    t = Trainer(config, tmp_path / "run", progress=False)
+    scripted = iter(values)
+    t.validate = lambda: {"metric": metric, "mean": next(scripted), "ci95": 0.0}
+    for step in (10, 20, 30):
+        t.step = step
+        t._validate_and_select()
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["step"] == best_step
+    assert t.best == pytest.approx(best) and t.best_step == best_step
+    logged = [r[f"best_val_{metric}"] for r in t.metrics.read() if f"best_val_{metric}" in r]
+    assert logged == pytest.approx(record)
 
 
 def test_checkpoint_write_is_atomic_and_damage_is_reported(tmp_path):

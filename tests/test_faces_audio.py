@@ -39,6 +39,13 @@ def test_dct_is_orthonormal_and_mel_filters_cover_the_band():
     m = torch.tensor([0.0, 500.0, 1000.0, 3000.0])
     assert torch.allclose(audio.mel_to_hz(audio.hz_to_mel(m)), m, atol=1e-3)
     assert audio.hz_to_mel(torch.tensor(1000.0)).item() == pytest.approx(15.0)
+    # Slaney's log branch above 1 kHz: 15 + 27·ln(f/1000)/ln 6.4
+    for f in (4000.0, 8000.0):
+        assert audio.hz_to_mel(torch.tensor(f)).item() == pytest.approx(15 + 27 * math.log(f / 1000) / math.log(6.4), rel=1e-6)
+    assert audio.hz_to_mel(torch.tensor(4000.0)).item() == pytest.approx(35.163760, rel=1e-6)
+    # Slaney area normalization: each filter integrates to about 1 over frequency (bin width 8000/2048 Hz)
+    area = audio.mel_filterbank(8000, 2048, 40).sum(1) * 8000 / 2048
+    assert ((area - 1).abs() < 2e-3).all()
 
 
 def test_mfcc_of_a_tone_and_shapes():
@@ -49,7 +56,12 @@ def test_mfcc_of_a_tone_and_shapes():
     band = audio.mel_filterbank(8000, 256, 40)[:, round(440 / 8000 * 256)].argmax()
     assert lm.mean(1).argmax() == band  # the energy sits in the filter that covers 440 Hz
     assert audio.mfcc(x, 8000, 20, 256, 80, 40).shape == (20, 101)
-    assert audio.fix_length(torch.ones(10), 6).shape == (6,) and audio.fix_length(torch.ones(4), 6).tolist() == [0, 1, 1, 1, 1, 0]
+    assert audio.fix_length(torch.arange(10.0), 6).tolist() == [2, 3, 4, 5, 6, 7]  # centre crop
+    assert audio.fix_length(torch.ones(4), 6).tolist() == [0, 1, 1, 1, 1, 0]  # centred zero padding
+    # the 80 dB floor: a tone then silence spans exactly top_db (about 118 dB without the floor)
+    half = torch.cat([x[:4000], torch.zeros(4000)])
+    floored = audio.log_mel(half, 8000, n_fft=256, hop=80, n_mels=40)
+    assert (floored.max() - floored.min()).item() == pytest.approx(80.0, rel=1e-5)
 
 
 def test_mfcc_matches_librosa():
@@ -93,6 +105,8 @@ def test_fsdd_by_class_with_training_statistics(omniglot_root):
     assert not set(train.names) & set(test.names)
     per_coefficient = train.images.mean(dim=(0, 1, 3))
     assert per_coefficient.abs().max() < 1e-3  # standardized with the training classes' statistics
+    # ...and only those: the test classes, standardized with the same numbers, are not centred themselves
+    assert test.images.mean(dim=(0, 1, 3)).abs().max() > 0.05
 
 
 def test_cats_dogs_split_by_clip(omniglot_root):

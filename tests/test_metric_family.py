@@ -394,6 +394,8 @@ def test_cached_embeddings_give_the_same_tasks_and_scores(method, extra, options
     plain = evaluate(model, test, 5, 1, 3, 60, seed=7, batch_tasks=4, cache=False, per_task=True, **options)
     assert cached["per_task"] == plain["per_task"] and len(plain["per_task"]) == 60  # task by task
     assert sum(plain["per_task"]) / 60 == pytest.approx(plain["mean"], abs=1e-3)
+    import statistics  # the CI is over tasks: 1.96 · sd(task means) / √tasks
+    assert plain["ci95"] == pytest.approx(1.96 * statistics.stdev(plain["per_task"]) / math.sqrt(60), abs=1e-3)
     assert 0.0 < plain["mean"] < 100.0  # an untrained model: the comparison is not between two constants
     assert n_cached == 1 and len(calls) >= 15  # one pass over the 400 items, against one per batch of tasks
     assert model.encoder is encoder and model.training  # the model is given back as it was

@@ -37,7 +37,24 @@ def test_identification_hand_computed():
     assert torch.allclose(logits, torch.tensor([-2.0, -1.0]))  # best support item of each class
 
 
-def test_weighted_l1_head_and_bce():
+@pytest.mark.parametrize("head,balance,expected", [("l2", True, 4.0), ("l2", False, 5.0),
+                                                    ("weighted_l1", True, 1.239484), ("weighted_l1", False, 1.548224)])
+def test_pair_losses_hand_computed(head, balance, expected):
+    """The batch of test_identification_hand_computed: query (0, 2) against (0, 0) (impostor), (3, 0) and (0, 1)
+    (genuine). l2, margin 3: E² = 13 and 1 for the genuine pairs, (3 − 2)² = 1 for the impostor; weighted L1 with
+    α = [−1, −2], b = 3: logits −4, 1 (genuine) and −1 (impostor) under binary cross-entropy. Balanced: the mean of
+    the genuine and the impostor means; otherwise the mean over pairs."""
+    b = TaskBatch(torch.tensor([[[0.0, 0.0], [3.0, 0.0], [0.0, 1.0]]]), torch.tensor([[0, 1, 1]]),
+                  torch.tensor([[[0.0, 2.0]]]), torch.tensor([[1]]), 2)
+    model = SiameseNet(nn.Identity(), head=head, embed_dim=2, margin=3.0, balance=balance)
+    if head == "weighted_l1":
+        with torch.no_grad():
+            model.alpha.weight.copy_(torch.tensor([[-1.0, -2.0]]))
+            model.alpha.bias.fill_(3.0)
+    assert model.loss(b)[0].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_weighted_l1_head():
     model = SiameseNet(nn.Identity(), head="weighted_l1", embed_dim=2)
     with torch.no_grad():
         model.alpha.weight.copy_(torch.tensor([[-1.0, -2.0]]))
