@@ -114,6 +114,22 @@ def test_per_class_rotation_rotates_whole_classes():
     assert seen == {0, 1, 2, 3}
 
 
+def test_per_task_rotation_turns_the_whole_task_by_one_angle():
+    base = torch.zeros(6, 4, 1, 5, 5)
+    base[..., 0, 1] = 1.0
+    ds = ClassDataset.from_blocks(base, [str(i) for i in range(6)], scale=1.0)
+    s = EpisodeSampler(ds, 3, 2, 2, seed=0, rotate="per_task")
+    seen = set()
+    for _ in range(12):
+        b = s.sample()
+        imgs = torch.cat([b.support_x[0], b.query_x[0]])
+        assert all(torch.equal(imgs[0], im) for im in imgs)  # every item of the task: the same angle
+        k = [j for j in range(4) if torch.equal(torch.rot90(base[0, 0], j, dims=(-2, -1)), imgs[0])]
+        assert len(k) == 1
+        seen.add(k[0])
+    assert len(seen) > 1  # the angle changes from task to task
+
+
 def test_seeded_stream_is_stable_across_versions():
     # evaluation task lists must not change silently: this pins the stream of seed 0
     b = EpisodeSampler(id_dataset(), 3, 1, 2, seed=0).sample()
