@@ -52,6 +52,46 @@ def test_fce_with_zero_lstms_is_the_base_embedding():
     assert not torch.allclose(plain, out) and torch.allclose(out.exp().sum(-1), torch.ones(1, 12), atol=1e-5)
 
 
+def _lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """The LSTM equations written out (gate order i, f, g, o)."""
+    z = x @ w_ih.t() + h @ w_hh.t() + b_ih + b_hh
+    i, f, g, o = z.chunk(4, -1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def test_fce_equations_with_trained_weights_by_hand():
+    """g(x_i, S) = →h_i + ←h_i + g′(x_i) (both directions over the support sequence); K = 3 attention steps
+    ĥ_k, c_k = LSTM([f′(x̂), r_{k−1}], (h_{k−1}, c_{k−1})), h_k = ĥ_k + f′(x̂), r_k = Σ_i softmax_i(h_kᵀ g_i) g_i."""
+    torch.manual_seed(4)
+    d = 3
+    fce = FullContextEmbedding(d, steps=3).double()
+    for p in fce.parameters():
+        nn.init.normal_(p, std=0.4)
+    g0, f0 = torch.randn(1, 4, d, dtype=torch.double), torch.randn(1, 2, d, dtype=torch.double)
+    L = fce.support_lstm
+    fwd, bwd = [], []
+    h = c = torch.zeros(d, dtype=torch.double)
+    for i in range(4):
+        h, c = _lstm_cell(g0[0, i], h, c, L.weight_ih_l0, L.weight_hh_l0, L.bias_ih_l0, L.bias_hh_l0)
+        fwd.append(h)
+    h = c = torch.zeros(d, dtype=torch.double)
+    for i in reversed(range(4)):
+        h, c = _lstm_cell(g0[0, i], h, c, L.weight_ih_l0_reverse, L.weight_hh_l0_reverse, L.bias_ih_l0_reverse,
+                          L.bias_hh_l0_reverse)
+        bwd.insert(0, h)
+    g = torch.stack([fwd[i] + bwd[i] + g0[0, i] for i in range(4)])
+    torch.testing.assert_close(fce.embed_support(g0)[0], g)
+    Q = fce.query_cell
+    for j in range(2):
+        h = c = r = torch.zeros(d, dtype=torch.double)
+        for _ in range(3):
+            h_hat, c = _lstm_cell(torch.cat([f0[0, j], r]), h, c, Q.weight_ih, Q.weight_hh, Q.bias_ih, Q.bias_hh)
+            h = h_hat + f0[0, j]
+            r = torch.softmax(g @ h, 0) @ g
+        torch.testing.assert_close(fce.embed_query(f0, g[None])[0, j], h)
+
+
 def test_fce_attention_is_over_support_items():
     fce = FullContextEmbedding(3, steps=2)
     g = torch.randn(2, 5, 3)
