@@ -63,6 +63,12 @@ def test_robustness_evaluation_for_a_metric_classifier():
     strong = evaluate(model, test, 5, 1, 5, 100, seed=3, attack="pgd", attack_eps=0.5, pgd_steps=5)
     assert zero["mean"] == clean["mean"]
     assert clean["mean"] > weak["mean"] > strong["mean"], (clean, weak, strong)
+    # PGD's random starts come from the evaluation seed: the same numbers again, whatever the global RNG did
+    torch.rand(7)
+    again = evaluate(model, test, 5, 1, 5, 100, seed=3, attack="pgd", attack_eps=0.5, pgd_steps=5, per_task=True)
+    torch.manual_seed(123)
+    third = evaluate(model, test, 5, 1, 5, 100, seed=3, attack="pgd", attack_eps=0.5, pgd_steps=5, per_task=True)
+    assert again["per_task"] == third["per_task"] and again["mean"] == strong["mean"]
 
 
 def test_robustness_evaluation_for_maml_adapts_on_the_clean_support():
@@ -70,8 +76,16 @@ def test_robustness_evaluation_for_maml_adapts_on_the_clean_support():
     test = gaussian_classes("test", nuisance=0, noise=0.6)
     model = MAML(nn.Sequential(nn.Linear(16, 5)), inner_lr=0.5, eval_steps=2)
     clean = evaluate(model, test, 5, 1, 5, 50, seed=3)
+    assert evaluate(model, test, 5, 1, 5, 50, seed=3, attack="fgsm", attack_eps=0.0)["mean"] == clean["mean"]
+    seen = []
+    adapt = model.adapt_task
+    model.adapt_task = lambda theta, x, *a, **k: seen.append(x.detach().clone()) or adapt(theta, x, *a, **k)
     attacked = evaluate(model, test, 5, 1, 5, 50, seed=3, attack="fgsm", attack_eps=0.3)
     assert attacked["mean"] < clean["mean"]
+    # every adaptation ran on a clean support set of the evaluation tasks
+    supports = [b.support_x[i] for b in make_sampler(test, 5, 1, 5, batch_size=20, seed=3, name="evaluation")
+                .fixed_tasks_iter(50) for i in range(b.num_tasks)]
+    assert seen and all(any(torch.equal(x, s) for s in supports) for x in seen)
 
 
 def test_adml_objective_is_the_crossed_pair():

@@ -425,6 +425,50 @@ def test_maml_with_agreement_on_identical_tasks_is_maml():
     assert metrics["ga_negative"] == 0.0
 
 
+def _agreement_tasks():
+    """Three tasks on w = [0.5, −0.25] (inputs e₁, e₂; α = 0.1, one step) whose updates θ − θ'ᵢ are
+    u = [1, 0], [1, 1], [−1, 0] and whose adapted query losses are 2, 0.5, 0.5."""
+    w = torch.tensor([0.5, -0.25], dtype=torch.double)
+    u = torch.tensor([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]], dtype=torch.double)
+    a = torch.tensor([2.0, 1.0, 1.0], dtype=torch.double)
+    eye = torch.eye(2, dtype=torch.double).expand(3, 2, 2)
+    support_y = (w - 10 * u)[..., None]  # one SGD step on the mean squared error moves w by −u
+    query_y = (w - u + torch.stack([a, torch.zeros(3, dtype=torch.double)], 1))[..., None]
+    return TaskBatch(eye, support_y, eye, query_y, 0), w
+
+
+@pytest.mark.parametrize("first_order,vmap,expected_grad", [(True, False, -0.75), (False, False, -0.675),
+                                                             (True, True, -0.75)])
+def test_maml_agreement_weights_and_meta_gradient_by_hand(first_order, vmap, expected_grad):
+    """The Gram matrix gᵢ·gⱼ of u has row sums 1, 2, −1 → wᵢ = Σⱼ gᵢ·gⱼ / Σₖ|Σⱼ gₖ·gⱼ| = [0.25, 0.5, −0.25] (a task
+    that disagrees gets a negative weight); meta-loss Σ wᵢ L_i = 0.625 (the plain mean would be 1.0)."""
+    batch, w = _agreement_tasks()
+    net = nn.Sequential(nn.Linear(2, 1, bias=False)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(w[None])
+    model = MAML(net, inner_lr=0.1, first_order=first_order, vmap=vmap, agreement=True)
+    loss, metrics = model.loss(batch)
+    assert float(loss.detach()) == pytest.approx(0.625)
+    assert metrics["ga_negative"] == pytest.approx(1 / 3)
+    assert (metrics["ga_weight_min"], metrics["ga_weight_max"]) == pytest.approx((-0.25, 0.5))
+    (grad,) = torch.autograd.grad(loss, [net[0].weight])
+    torch.testing.assert_close(grad, torch.tensor([[expected_grad, 0.0]], dtype=torch.double))
+
+
+def test_reptile_agreement_weights_by_hand():
+    """Reptile with agreement on the same tasks: θ ← θ − ε Σ wᵢ uᵢ = w − (0.25·[1, 0] + 0.5·[1, 1] − 0.25·[−1, 0])."""
+    from fewshot.methods.reptile import Reptile
+
+    batch, w = _agreement_tasks()
+    net = nn.Sequential(nn.Linear(2, 1, bias=False)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(w[None])
+    model = Reptile(net, inner_lr=0.1, inner_steps=1, inner_batch=2, inner_optimizer="sgd", meta_step=1.0,
+                    meta_step_final=1.0, agreement=True)
+    model.train_step(batch, None)
+    torch.testing.assert_close(net[0].weight.detach(), torch.tensor([[-0.5, -0.75]], dtype=torch.double))
+
+
 def test_inequality_measures_against_hand_values():
     from math import log, sqrt
 
@@ -515,6 +559,22 @@ def test_taml_term_by_hand(taml, taml_on):
         term = -sum(h0) / 3 + sum(h1) / 3
     assert metrics["taml_term"] == pytest.approx(term, rel=1e-5, abs=1e-7)
     assert float(loss.detach()) == pytest.approx(sum(query) / 3 + lam * term, rel=1e-5)
+
+
+@pytest.mark.parametrize("option", [{"agreement": True}, {"taml": "theil"}])
+def test_agreement_and_inequality_taml_refuse_a_sharded_meta_batch(option):
+    """Both weigh every task against all the others: under torchrun a process holds only its share."""
+    from types import SimpleNamespace
+
+    batch = double_batch(FunctionSampler(TaskFamily("logistic", dim=4), 2, 3, 3, batch_size=4, seed=0).sample())
+    model = MAML(nn.Sequential(nn.Linear(4, 2)).double(), inner_lr=0.3, **option)
+    model.loss(batch)  # one process: fine
+    model.world = SimpleNamespace(size=2, main=True)
+    with pytest.raises(ConfigError, match="torchrun"):
+        model.loss(batch)
+    entropy = MAML(nn.Sequential(nn.Linear(4, 2)).double(), inner_lr=0.3, taml="entropy")
+    entropy.world = SimpleNamespace(size=2, main=True)
+    entropy.loss(batch)  # a mean over tasks: shards add up
 
 
 # -- Reptile ------------------------------------------------------------------------------------------

@@ -113,6 +113,8 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
     clip = input_range(dataset)
     if attack != "none":
         from fewshot.methods.adversarial import attack_queries
+
+        attack_generator = torch.Generator().manual_seed(seed)  # PGD's random starts: reproducible per seed
     try:
         if cache and attack == "none":
             unlabeled = sampler_options.get("unlabeled", 0)
@@ -127,7 +129,7 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
             for batch in sampler.fixed_tasks_iter(tasks):
                 batch = batch.to(device, memory_format)
                 if attack != "none":
-                    batch.query_x = attack_queries(model, batch, attack, attack_eps, clip, pgd_steps)
+                    batch.query_x = attack_queries(model, batch, attack, attack_eps, clip, pgd_steps, attack_generator)
                 outputs = model.predict_steps(batch) if hasattr(model, "predict_steps") else [model.predict(batch)]
                 if hasattr(batch, "labels") and hasattr(batch, "images"):
                     from fewshot.methods.memory import instance_accuracy

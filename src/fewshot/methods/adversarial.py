@@ -58,8 +58,9 @@ def pgd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: f
 
 
 def attack_queries(model: Any, batch: TaskBatch, attack: str, eps: float, clip: tuple[float, float],
-                   pgd_steps: int = 10) -> torch.Tensor:
-    """Adversarial query inputs ``[B, n_query, ...]`` against ``model.attack_logits`` (white box)."""
+                   pgd_steps: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Adversarial query inputs ``[B, n_query, ...]`` against ``model.attack_logits`` (white box); ``generator``
+    draws PGD's random start (the evaluator seeds it from the evaluation seed)."""
     if attack not in ATTACKS:
         raise ConfigError(f"unknown attack {attack!r} (eval.attack); use one of {ATTACKS}.")
     y = batch.query_y
@@ -71,7 +72,7 @@ def attack_queries(model: Any, batch: TaskBatch, attack: str, eps: float, clip: 
 
     if attack == "fgsm":
         return fgsm(loss_fn, batch.query_x, eps, clip)
-    return pgd(loss_fn, batch.query_x, eps, pgd_steps, clip=clip)
+    return pgd(loss_fn, batch.query_x, eps, pgd_steps, clip=clip, generator=generator)
 
 
 class ADML(MAML):

@@ -318,6 +318,10 @@ class MAML(Method):
         """
         query = results["query"]
         metrics: dict[str, float] = {}
+        if self.world is not None and self.world.size > 1 and (self.agreement or self.taml not in ("none", "entropy")):
+            raise ConfigError("gradient agreement and TAML's inequality measures weigh each task of a meta-batch "
+                              "against all the others, but under torchrun each process holds only its share of the "
+                              "tasks; run them without torchrun.")
         if self.agreement:
             w = agreement_weights(results["updates"])
             loss = (w * query).sum()
