@@ -30,6 +30,42 @@ def test_fgsm_moves_every_coordinate_by_epsilon_up_the_loss_and_respects_the_ran
     assert not adv.requires_grad
 
 
+def test_pgd_clamps_to_the_valid_range_and_takes_2_5_eps_over_steps():
+    w = torch.tensor([1.0, -1.0, 1.0], dtype=torch.double)
+    x = torch.tensor([[0.97, 0.03, 0.5]], dtype=torch.double)
+
+    def linear(inp):
+        return (inp * w).sum()
+
+    # the ball around 0.97 and 0.03 reaches beyond [0, 1]: the clamp binds there, the ε-projection elsewhere
+    expected = torch.tensor([[1.0, 0.0, 0.6]], dtype=torch.double)
+    torch.testing.assert_close(pgd(linear, x, 0.1, steps=5, random_start=False), expected)
+    torch.testing.assert_close(pgd(linear, x, 0.1, steps=5, generator=torch.Generator().manual_seed(1)), expected)
+    torch.testing.assert_close(fgsm(linear, x, 0.1, clip=(-0.5, 0.55)),
+                               torch.tensor([[0.55, -0.07, 0.55]], dtype=torch.double))
+
+    def peak(inp):  # maximum at 0.53, 0.03 away: steps of 2.5·ε/steps
+        return -((inp - 0.53) ** 2).sum()
+
+    start = torch.tensor([[0.5]], dtype=torch.double)
+    # 10 steps of 0.025: 0.525, then alternating 0.55 / 0.525 ... ends at 0.55; 9 steps of 0.02778 end at 0.52778
+    assert pgd(peak, start, 0.1, steps=10, random_start=False).item() == pytest.approx(0.55)
+    assert pgd(peak, start, 0.1, steps=9, random_start=False).item() == pytest.approx(0.5 + 2.5 * 0.1 / 9, rel=1e-6)
+
+
+def test_input_range_of_stored_images_follows_the_normalization():
+    from fewshot.data.classdataset import ClassDataset
+    from fewshot.engine.evaluator import input_range
+
+    images = torch.zeros(2, 3, 1, 4, 4, dtype=torch.uint8)
+    assert input_range(ClassDataset.from_blocks(images, ["a", "b"])) == pytest.approx((0.0, 1.0))
+    normalized = ClassDataset.from_blocks(images, ["a", "b"])
+    normalized.mean, normalized.std = 0.078, 0.084
+    assert input_range(normalized) == pytest.approx((-0.078 / 0.084, (1 - 0.078) / 0.084))
+    floats = ClassDataset.from_blocks(images.float(), ["a", "b"], scale=1.0)
+    assert input_range(floats) == (-float("inf"), float("inf"))
+
+
 def test_pgd_stays_in_the_ball_and_beats_fgsm_on_a_curved_loss():
     torch.manual_seed(0)
     x = torch.rand(4, 6) * 0.6 + 0.2

@@ -228,8 +228,29 @@ def test_meta_sgd_alpha_gradient_is_minus_g_times_v():
 
 
 def test_meta_sgd_warns_when_evaluated_beyond_its_trained_steps():
+    import warnings
+
     with pytest.warns(UserWarning, match="diverge"):
         MetaSGD(TanhNet(), inner_steps=1, eval_steps=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MetaSGD(TanhNet(), inner_steps=2, eval_steps=2)  # no warning within the trained steps
+
+
+def test_meta_sgd_step_sizes_span_their_uniform_range():
+    torch.manual_seed(0)
+    alphas = torch.cat([a.detach().flatten() for a in MetaSGD(nn.Linear(100, 10)).alpha.values()])  # 1,010 values
+    assert float(alphas.min()) >= 0.005 and float(alphas.max()) <= 0.1
+    assert float(alphas.min()) < 0.01 and float(alphas.max()) > 0.095  # spread over U[0.005, 0.1], not constant
+    assert abs(float(alphas.mean()) - 0.0525) < 0.005
+    config = load_config("metasgd", ["model.backbone=mlp", "model.hidden=[8]", "train.ways=5", "val.ways=5",
+                                     "eval.ways=[5]", "model.alpha_low=0.02", "model.alpha_high=0.03"])
+    from fewshot.methods import build_method
+
+    narrow = torch.cat([a.detach().flatten() for a in build_method(config, (4,)).alpha.values()])
+    assert float(narrow.min()) >= 0.02 and float(narrow.max()) <= 0.03
+    with pytest.raises(ConfigError, match="alpha_low"):
+        MetaSGD(nn.Linear(2, 2), alpha_low=0.2, alpha_high=0.1)
 
 
 def one_step_query_loss(model: MAML, init: dict[str, torch.Tensor] | None, batch: TaskBatch) -> float:
