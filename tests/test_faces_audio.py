@@ -77,6 +77,7 @@ def test_class_splits_are_disjoint_and_seeded():
     parts = {p: random_class_split("random:3", p, 40, (26, 4, 10)) for p in ("train", "val", "test")}
     assert [len(v) for v in parts.values()] == [26, 4, 10]
     assert not set(parts["train"]) & set(parts["test"]) and not set(parts["val"]) & set(parts["test"])
+    assert not set(parts["train"]) & set(parts["val"])
     assert parts["test"] == random_class_split("random:3", "test", 40, (26, 4, 10))
     with pytest.raises(DataError, match="by class|by identity|random:<seed>"):
         random_class_split("vinyals", "train", 40, (26, 4, 10))

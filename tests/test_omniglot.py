@@ -84,9 +84,14 @@ def test_lake_and_random_splits(omniglot_root, characters):
     alphabets = {p: {names[i].split("/")[0] for i in idx} for p, idx in lake.items()}
     assert len(lake["test"]) == 659 and len(lake["train"]) + len(lake["val"]) == 964
     assert not alphabets["train"] & alphabets["test"] and not alphabets["val"] & alphabets["train"]
+    # validation: 5 named background alphabets (46 + 26 + 22 + 40 + 55 characters); 25 left to train, 20 to test
+    assert len(lake["val"]) == 189 and alphabets["val"] == set(og.LAKE_VAL_ALPHABETS)
+    assert len(alphabets["train"]) == 25 and len(alphabets["test"]) == 20
+    assert set(lake["trainval"]) == set(lake["train"]) | set(lake["val"])
     r1 = {p: og.split_characters("random:1:1100/100/423", p, names, background) for p in og.PARTS}
     assert [len(r1[p]) for p in ("train", "val", "test")] == [1100, 100, 423]
-    assert not set(r1["train"]) & set(r1["test"])
+    assert not set(r1["train"]) & set(r1["test"]) and not set(r1["val"]) & set(r1["test"])
+    assert not set(r1["train"]) & set(r1["val"]) and set(r1["trainval"]) == set(r1["train"]) | set(r1["val"])
     assert r1["train"] == og.split_characters("random:1:1100/100/423", "train", names, background)
     assert r1["train"] != og.split_characters("random:2:1100/100/423", "train", names, background)
     ds = og.omniglot("test", "lake", omniglot_root, rotation="none")
