@@ -64,5 +64,10 @@ def test_read_xlsa17_generated_files(tmp_path):
     test = read_xlsa17(tmp_path, "test")
     assert test.names == ["class004", "class005"] and test.images.shape == (4, 16)
     assert torch.allclose(test.attributes, att.T[[3, 4]])
+    assert torch.allclose(test.images, feats.T[[6, 7, 8, 9]])  # image rows stay with their classes
     trainval = read_xlsa17(tmp_path, "trainval")
-    assert trainval.counts.tolist() == [3, 3]
+    assert trainval.counts.tolist() == [3, 3] and trainval.names == ["class001", "class002"]
+    assert torch.allclose(trainval.images, feats.T[[0, 1, 10, 2, 3, 11]])  # class-major, 1-based locations
+    assert torch.allclose(trainval.attributes, att.T[[0, 1]])
+    seen = read_xlsa17(tmp_path, "test_seen")
+    assert seen.names == ["class001"] and torch.allclose(seen.images, feats.T[[10]])
