@@ -233,3 +233,19 @@ def test_load_run_gives_the_tested_model_on_the_same_tasks(tmp_path):
     save_checkpoint(bigger / "checkpoints" / "best.pt", state)  # a checkpoint of another architecture
     with pytest.raises(CheckpointError, match="does not fit the model"):
         load_run(bigger)
+
+
+def test_a_method_without_a_torch_optimizer_steps_no_schedule_and_logs_no_lr(tmp_path):
+    """Reptile moves its weights itself: no 'scheduler before optimizer' warning, no meaningless lr in the log."""
+    import warnings
+
+    config = load_config("reptile", ["data.dataset=synthetic", "model.backbone=mlp", "model.hidden=[16]",
+                                     "train.ways=5", "train.shots=2", "train.queries=2", "train.episodes=12",
+                                     "train.log_every=5", "val.every=6", "val.tasks=5", "val.ways=5", "eval.tasks=5",
+                                     "eval.ways=[5]", "train.meta_batch=2", "train.tensorboard=false"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = Trainer(config, tmp_path / "run", progress=False)
+        t.fit()
+    logged = [r for r in t.metrics.read() if "epsilon" in r]
+    assert logged and not any("lr" in r for r in logged)

@@ -192,7 +192,8 @@ class Trainer:
                 clean = False
                 batch = self.world.shard(self.sampler.sample()).to(self.device, self.memory_format)
                 m = self.model.train_step(batch, self.optimizer, self.autocast())
-                self.schedule.step()
+                if self.model.uses_optimizer:
+                    self.schedule.step()
                 self.step += 1
                 done_here += 1
                 self.elapsed = start_elapsed + time.perf_counter() - start
@@ -207,8 +208,9 @@ class Trainer:
                     now = time.perf_counter()
                     n = len(next(iter(window.values()), [1]))
                     record = {"step": self.step, **{k: sum(v) / len(v) for k, v in window.items()},
-                              "lr": self.optimizer.param_groups[0]["lr"],
                               "episodes_per_s": n / max(now - win_start, 1e-9), "elapsed_s": self.elapsed}
+                    if self.model.uses_optimizer:
+                        record["lr"] = self.optimizer.param_groups[0]["lr"]
                     self._log(record)
                     window.clear()
                     win_start = now

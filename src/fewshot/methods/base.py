@@ -34,6 +34,9 @@ class Method(nn.Module):
     #: True when raw items reach the model only through ``self.encoder`` applied to each item on its own
     #: (metric methods), so evaluation may embed every test item once (``evaluator.embedded_dataset``)
     cache_embeddings: ClassVar[bool] = False
+    #: False for methods that update their weights themselves (Reptile's interpolation): the trainer then
+    #: neither steps the learning-rate schedule nor logs an ``lr``
+    uses_optimizer: ClassVar[bool] = True
     #: the method's own ``model`` settings and defaults (may also change shared ones, e.g. ``backbone``)
     defaults: ClassVar[dict[str, Any]] = {}
 

@@ -40,6 +40,7 @@ class Reptile(Method):
     """
 
     name: ClassVar[str] = "reptile"
+    uses_optimizer: ClassVar[bool] = False  # θ ← θ + ε·mean(W − θ), no torch optimizer
     defaults: ClassVar[dict[str, Any]] = {"backbone": "conv4-strided", "norm": "transductive", "inner_lr": 0.001,
                                           "inner_steps": 5, "inner_batch": 10, "inner_optimizer": "adam",
                                           "adam_beta2": 0.999, "eval_steps": 50, "eval_batch": 5, "meta_step": 1.0,
