@@ -81,6 +81,7 @@ class Trainer:
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
         self.world = World.from_env(self.device)  # torchrun: split every meta-batch over the processes
         self.model.world, self.model.meta_batch_total = self.world, tr["meta_batch"]
+        self.model.check_world(self.world)  # before a checkpoint is restored or an episode runs
         self.optimizer = make_optimizer(self.model.parameter_groups(), tr)
         self.schedule = make_schedule(self.optimizer, tr)
         self.step, self.best, self.best_step, self.elapsed = 0, -math.inf, 0, 0.0

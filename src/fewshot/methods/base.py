@@ -76,6 +76,9 @@ class Method(nn.Module):
         with torch.no_grad():
             return self.logits(batch)
 
+    def check_world(self, world: Any) -> None:
+        """Refuse (``ConfigError``) settings that cannot be split over processes; the trainer calls it at start."""
+
     def attack_logits(self, batch: TaskBatch) -> torch.Tensor:
         """Query logits as a differentiable function of ``batch.query_x`` (white-box attacks at test time)."""
         with torch.enable_grad():

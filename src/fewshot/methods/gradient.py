@@ -308,6 +308,14 @@ class MAML(Method):
         """Whether the meta-loss uses the losses and outputs of the initial model (TAML)."""
         return self.taml != "none"
 
+    def check_world(self, world: Any) -> None:
+        """Gradient agreement and TAML's inequality measures weigh each task of a meta-batch against all the
+        others: refused when the tasks are split over processes (torchrun)."""
+        if world is not None and world.size > 1 and (self.agreement or self.taml not in ("none", "entropy")):
+            raise ConfigError("gradient agreement and TAML's inequality measures weigh each task of a meta-batch "
+                              "against all the others, but under torchrun each process holds only its share of the "
+                              "tasks; run them without torchrun.")
+
     def meta_loss(self, results: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """The outer objective from the per-task results (see :meth:`task_results`).
 
@@ -318,10 +326,7 @@ class MAML(Method):
         """
         query = results["query"]
         metrics: dict[str, float] = {}
-        if self.world is not None and self.world.size > 1 and (self.agreement or self.taml not in ("none", "entropy")):
-            raise ConfigError("gradient agreement and TAML's inequality measures weigh each task of a meta-batch "
-                              "against all the others, but under torchrun each process holds only its share of the "
-                              "tasks; run them without torchrun.")
+        self.check_world(self.world)
         if self.agreement:
             w = agreement_weights(results["updates"])
             loss = (w * query).sum()

@@ -105,6 +105,12 @@ class Reptile(Method):
         if update_moments:
             self.adam_count.fill_(count)
 
+    def check_world(self, world: Any) -> None:
+        """Gradient agreement weighs every task's update against all the others: refused under torchrun."""
+        if world is not None and world.size > 1 and self.agreement:
+            raise ConfigError("Reptile with gradient agreement needs every task's update on one process; "
+                              "run it without torchrun.")
+
     def epsilon(self) -> float:
         """ε at the current meta-iteration: linear from ``meta_step`` to ``meta_step_final``."""
         frac = min(1.0, int(self.meta_iteration) / self.anneal_steps)
@@ -131,9 +137,7 @@ class Reptile(Method):
         with torch.no_grad():
             updates = torch.stack([torch.cat([(t - w).flatten() for t, w in zip(theta, end)]) for end in ends])
             distributed = self.world is not None and self.world.size > 1
-            if distributed and self.agreement:
-                raise ConfigError("Reptile with gradient agreement needs every task's update on one process; "
-                                  "run it without torchrun.")
+            self.check_world(self.world)
             total = self.meta_batch_total if distributed else len(ends)
             weights = agreement_weights(updates) if self.agreement else torch.full((len(ends),), 1.0 / total)
             eps = self.epsilon()

@@ -26,7 +26,7 @@ _CACHE: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` compiled once (``torch.compile(fn, fullgraph=True)``, static shapes: one graph per size, up to
+    """``fn`` compiled once (``torch.compile(fn, dynamic=False, fullgraph=True)``, static shapes: one graph per size, up to
     dynamo's recompile limit, beyond which a ``fullgraph`` function raises).
 
     A backend failure while the forward step compiles (no C++ compiler, inductor error) is raised as
@@ -35,7 +35,7 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     from torch._dynamo.exc import BackendCompilerFailed  # here, not at import: loading dynamo costs ~1 s
 
     if fn not in _CACHE:
-        inner = torch.compile(fn, fullgraph=True)
+        inner = torch.compile(fn, dynamic=False, fullgraph=True)
 
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
