@@ -68,3 +68,10 @@ def test_bad_normalize_is_refused_before_any_data_is_read():
     with pytest.raises(ConfigError, match="applies to the image datasets"):
         load_config("protonet", ["data.dataset=fsdd", "data.normalize=[0.1,0.2]"])
     assert load_config("protonet", ["data.normalize=[0.1,2]"])["data"]["normalize"] == [0.1, 2]
+
+
+def test_vmap_under_bf16_is_refused_in_one_sentence():
+    with pytest.raises(ConfigError, match="model.vmap=true does not run under bf16") as err:
+        load_config("maml/omniglot-5w1s", ["precision=bf16"])
+    assert "\n" not in str(err.value)
+    assert load_config("maml/omniglot-5w1s", ["precision=bf16", "model.vmap=false"])["precision"] == "bf16"

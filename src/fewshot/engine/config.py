@@ -238,6 +238,9 @@ def validate(config: dict[str, Any]) -> None:
     """Cross-field checks that need no data."""
     if config["precision"] not in ("fp32", "bf16"):
         raise ConfigError(f"setting 'precision' must be fp32 or bf16, got {config['precision']!r}.")
+    if config["precision"] == "bf16" and config["model"].get("vmap"):
+        raise ConfigError("model.vmap=true does not run under bf16 autocast (torch.func's inner gradient mixes "
+                          "bfloat16 and float32); set precision=fp32 or model.vmap=false.")
     if config["threads"] < 1:
         raise ConfigError("setting 'threads' must be at least 1.")
     for section in ("train", "val"):
