@@ -12,7 +12,7 @@ from fewshot.data.synthetic import gaussian_classes
 from fewshot.errors import ConfigError
 from fewshot.methods.memory import BATMANN, softabs
 from fewshot.nn.binary import (BatmannController, XNORConv2d, XNORLinear, fake_quantize, sign_activation,
-                               sign_weight)
+                               sign_standardized, sign_weight)
 from fewshot.tasks import make_sampler
 
 
@@ -37,6 +37,32 @@ def test_straight_through_estimators():
     x = torch.tensor([-2.0, -0.5, 0.3, 1.0], requires_grad=True)
     sign_activation(x).backward(torch.ones(4))
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]  # zero where |x| ≥ 1
+
+
+def test_fused_standardized_sign_matches_autograd_through_mean_and_std():
+    """sign_standardized = sign_activation((x − μ)/(σ + ε)) per sample, forward and STE gradient (float64)."""
+    torch.manual_seed(0)
+    for shape in ((3, 4, 5, 5), (4, 7)):
+        x = (torch.randn(*shape, dtype=torch.float64) * 2 + 0.5).requires_grad_()
+        upstream = torch.randn(*shape, dtype=torch.float64)
+        dims = tuple(range(1, x.ndim))
+        ref_x = x.detach().clone().requires_grad_()
+        x_hat = (ref_x - ref_x.mean(dims, keepdim=True)) / (ref_x.std(dims, keepdim=True) + 1e-5)
+        ref = sign_activation(x_hat)
+        ref.backward(upstream)
+        out = sign_standardized(x)
+        out.backward(upstream)
+        assert torch.equal(out.detach(), ref.detach()) and set(out.unique().tolist()) <= {-1.0, 1.0}
+        assert 0 < int((x_hat.detach().abs() < 1).sum()) < x.numel()  # the STE mask is doing something
+        torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-10, atol=1e-12)
+    # a constant sample: output +1, gradient finite (autograd through std gives 0/0 there)
+    x = torch.full((1, 6), 3.0, dtype=torch.float64, requires_grad=True)
+    out = sign_standardized(x)
+    out.backward(torch.arange(6.0, dtype=torch.float64)[None])
+    assert out.tolist() == [[1.0] * 6] and bool(torch.isfinite(x.grad).all())
+    torch.testing.assert_close(x.grad, (torch.arange(6.0, dtype=torch.float64) - 2.5)[None] / 1e-5)
+    # sign(−0) = sign(+0) = +1
+    assert sign_weight(torch.tensor([-0.0, 0.0])).tolist() == [1.0, 1.0]
 
 
 def test_fake_quantization_has_127_levels_and_identity_gradient():

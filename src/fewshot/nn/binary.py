@@ -4,6 +4,9 @@
   XNOR-style rule of the BATMANN code: a clamp on the gradient value, not the |W| ≤ 1 indicator).
 * :func:`sign_activation` — forward sign(x); backward: the gradient where |x| < 1, zero elsewhere
   (the usual hard-tanh STE).
+* :func:`sign_standardized` — sign(x̂) of the per-sample standardized input x̂ = (x − μ)/(σ + ε) with the
+  hard-tanh STE on x̂, as one autograd node (the same gradient as autograd through mean and std, in a
+  quarter of the element-wise passes; XNOR layers' binary inputs).
 * :func:`fake_quantize` — 8-bit symmetric fake quantization of weights, 127 levels of max|W| per tensor,
   identity gradient.
 * :class:`XNORConv2d` / :class:`XNORLinear` — XNOR-Net-style layers: weights standardized per output
@@ -22,7 +25,8 @@ from torch import nn
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    """±1 with sign(0) = +1 (x + 0.0 turns −0 into +0; copysign is a vectorized kernel, where() was 15x slower)."""
+    return torch.copysign(torch.ones((), dtype=x.dtype), x + 0.0)
 
 
 class _SignWeight(torch.autograd.Function):
@@ -44,7 +48,35 @@ class _SignActivation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() < 1).to(grad.dtype)
+        return torch.ops.aten.hardtanh_backward(grad, x, -1.0, 1.0)  # grad ⊙ 1[|x| < 1]
+
+
+class _SignStandardized(torch.autograd.Function):
+    """out = sign(x̂), x̂ = (x − μ)/s, s = σ + ε (μ, σ: mean and unbiased std of each sample).
+
+    Backward, with g = ∂L/∂out · 1[|x̂| < 1] (the STE on x̂) and n the elements per sample:
+    ∂L/∂x = (g − mean(g))/s − x̂ · Σ(g ⊙ x̂) / ((n − 1) σ)   (∂σ/∂x_i = (x_i − μ)/((n − 1) σ)).
+    """
+
+    @staticmethod
+    def forward(ctx, x, dims, eps):
+        mu = x.mean(dims, keepdim=True)
+        centred = x - mu
+        sigma = torch.linalg.vector_norm(centred, dim=dims, keepdim=True) / (x[0].numel() - 1) ** 0.5
+        x_hat = centred / (sigma + eps)
+        ctx.save_for_backward(x_hat, sigma)
+        ctx.dims, ctx.eps, ctx.n = dims, eps, x[0].numel()
+        return _sign(centred)  # sign(x̂) = sign(x − μ): s > 0
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_hat, sigma = ctx.saved_tensors
+        dims = ctx.dims
+        g = torch.ops.aten.hardtanh_backward(grad, x_hat, -1.0, 1.0)  # g ⊙ 1[|x̂| < 1]
+        dx = (g - g.mean(dims, keepdim=True)) / (sigma + ctx.eps)
+        # a constant sample (σ = 0) has x̂ = 0: its second term is 0, not 0/0
+        second = (g * x_hat).sum(dims, keepdim=True) / ((ctx.n - 1) * sigma).clamp_min(1e-30)
+        return torch.addcmul(dx, x_hat, second, value=-1), None, None
 
 
 class _FakeQuant(torch.autograd.Function):
@@ -68,6 +100,11 @@ def sign_activation(x: torch.Tensor) -> torch.Tensor:
     return _SignActivation.apply(x)
 
 
+def sign_standardized(x: torch.Tensor) -> torch.Tensor:
+    """sign((x − μ)/(σ + 1e-5)) per sample (all dimensions but the first), hard-tanh STE on the standardized x."""
+    return _SignStandardized.apply(x, tuple(range(1, x.ndim)), 1e-5)
+
+
 def fake_quantize(w: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """Symmetric fake quantization to 2^(bits−1) − 1 levels of max|W| (127 for 8 bits), identity gradient."""
     return _FakeQuant.apply(w, 2 ** (bits - 1) - 1)
@@ -88,7 +125,7 @@ class XNORConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = sign_weight(_standardize(self.weight, (1, 2, 3))) * self.scale[:, None, None, None]
         if self.binary_input:
-            x = sign_activation(_standardize(x, tuple(range(1, x.ndim))))
+            x = sign_standardized(x)
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
@@ -103,7 +140,7 @@ class XNORLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = sign_weight(_standardize(self.weight, (1,))) * self.scale[:, None]
         if self.binary_input:
-            x = sign_activation(_standardize(x, (1,)))
+            x = sign_standardized(x)
         return F.linear(x, w, self.bias)
 
 
