@@ -75,3 +75,5 @@ def test_vmap_under_bf16_is_refused_in_one_sentence():
         load_config("maml/omniglot-5w1s", ["precision=bf16"])
     assert "\n" not in str(err.value)
     assert load_config("maml/omniglot-5w1s", ["precision=bf16", "model.vmap=false"])["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="method metanet does not train under bf16 autocast; set precision=fp32"):
+        load_config("metanet/omniglot-5w1s", ["precision=bf16"])

@@ -238,6 +238,10 @@ def validate(config: dict[str, Any]) -> None:
     """Cross-field checks that need no data."""
     if config["precision"] not in ("fp32", "bf16"):
         raise ConfigError(f"setting 'precision' must be fp32 or bf16, got {config['precision']!r}.")
+    from fewshot.methods import METHODS
+
+    if config["precision"] == "bf16" and not METHODS[config["method"]].supports_bf16:
+        raise ConfigError(f"method {config['method']} does not train under bf16 autocast; set precision=fp32.")
     if config["precision"] == "bf16" and config["model"].get("vmap"):
         raise ConfigError("model.vmap=true does not run under bf16 autocast (torch.func's inner gradient mixes "
                           "bfloat16 and float32); set precision=fp32 or model.vmap=false.")

@@ -37,6 +37,8 @@ class Method(nn.Module):
     #: False for methods that update their weights themselves (Reptile's interpolation): the trainer then
     #: neither steps the learning-rate schedule nor logs an ``lr``
     uses_optimizer: ClassVar[bool] = True
+    #: False where training cannot run under bf16 autocast (precision=bf16 is then refused in one sentence)
+    supports_bf16: ClassVar[bool] = True
     #: the method's own ``model`` settings and defaults (may also change shared ones, e.g. ``backbone``)
     defaults: ClassVar[dict[str, Any]] = {}
 

@@ -128,6 +128,7 @@ class MetaNetwork(Method):
 
     name: ClassVar[str] = "metanet"
     needs_grad_at_test: ClassVar[bool] = True  # meta information = gradients, also at test time
+    supports_bf16: ClassVar[bool] = False  # the per-query fast convolutions under vmap fail under autocast
     defaults: ClassVar[dict[str, Any]] = {"backbone": "metanet", "norm": "none", "width": 64, "depth": 5,
                                           "feature": 64, "chunks": 5, "meta_hidden": 20, "task_level": True}
 
