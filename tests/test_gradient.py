@@ -189,6 +189,26 @@ def test_vmap_meta_gradient_equals_the_loop_through_transductive_batchnorm(first
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+def test_vmap_under_bf16_autocast_runs_without_batchnorm_and_matches_the_loop():
+    """What config.validate allows (precision=bf16 with model.vmap and model.norm=none) runs, second order, and
+    gives the loop's meta-gradient up to bf16 rounding (both within 3 % of float32)."""
+    g = torch.Generator().manual_seed(6)
+    batch = TaskBatch(torch.randn(3, 6, 1, 8, 8, generator=g), torch.arange(3).repeat(3, 2),
+                      torch.randn(3, 9, 1, 8, 8, generator=g), torch.arange(3).repeat(3, 3), 3)
+    grads = {}
+    for bf16, vmap in ((False, False), (True, False), (True, True)):
+        torch.manual_seed(5)
+        body = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten())
+        model = MAML(Network(body, 64, 3), inner_lr=0.3, inner_steps=2, vmap=vmap)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = model.loss(batch)
+        grads[bf16, vmap] = torch.cat([t.flatten() for t in torch.autograd.grad(loss, list(model.parameters()))])
+    reference = grads[False, False]
+    for key in ((True, False), (True, True)):
+        assert float((grads[key] - reference).norm() / reference.norm()) < 0.03
+    torch.testing.assert_close(grads[True, True], grads[True, False], rtol=0.05, atol=0.01)
+
+
 def test_meta_sgd_alpha_gradient_is_minus_g_times_v():
     torch.manual_seed(5)
     batch = sine_batch(tasks=1)

@@ -242,9 +242,9 @@ def validate(config: dict[str, Any]) -> None:
 
     if config["precision"] == "bf16" and not METHODS[config["method"]].supports_bf16:
         raise ConfigError(f"method {config['method']} does not train under bf16 autocast; set precision=fp32.")
-    if config["precision"] == "bf16" and config["model"].get("vmap"):
-        raise ConfigError("model.vmap=true does not run under bf16 autocast (torch.func's inner gradient mixes "
-                          "bfloat16 and float32); set precision=fp32 or model.vmap=false.")
+    if config["precision"] == "bf16" and config["model"].get("vmap") and config["model"].get("norm", "none") != "none":
+        raise ConfigError("model.vmap=true through BatchNorm does not run under bf16 autocast (torch.func's inner "
+                          "gradient mixes bfloat16 and float32); set precision=fp32, model.vmap=false or model.norm=none.")
     if config["threads"] < 1:
         raise ConfigError("setting 'threads' must be at least 1.")
     for section in ("train", "val"):
