@@ -66,6 +66,32 @@ def test_input_range_of_stored_images_follows_the_normalization():
     assert input_range(floats) == (-float("inf"), float("inf"))
 
 
+def test_attack_size_is_in_pixel_units_whatever_the_normalization():
+    """ε = 0.1 moves a normalized input by 0.1/std: the same image change as on raw 0..1 pixels."""
+    from fewshot.data.classdataset import ClassDataset
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(60, 200, (6, 4, 1, 4, 4), dtype=torch.uint8, generator=gen)  # clipping never binds
+    torch.manual_seed(0)
+    model = ProtoNet(nn.Sequential(nn.Flatten(), nn.Linear(16, 8)))
+    steps = {}
+    for mean, std in [(0.0, 1.0), (0.078, 0.084)]:
+        data = ClassDataset.from_blocks(images, [str(i) for i in range(6)])
+        data.mean, data.std = mean, std
+        seen = []
+        predict = model.predict
+        model.predict = lambda batch: seen.append(batch.query_x.clone()) or predict(batch)
+        evaluate(model, data, 3, 1, 2, 4, seed=5, cache=False)
+        evaluate(model, data, 3, 1, 2, 4, seed=5, attack="fgsm", attack_eps=0.1)
+        del model.predict
+        assert len(seen) % 2 == 0 and seen
+        clean, attacked = torch.cat(seen[:len(seen) // 2]), torch.cat(seen[len(seen) // 2:])
+        steps[std] = (attacked - clean).abs() * std  # back to pixel units
+    for std, step in steps.items():
+        torch.testing.assert_close(step.amax(), torch.tensor(0.1), msg=f"std {std}")
+        assert float((step > 0.099).float().mean()) > 0.9  # every coordinate with a gradient moves by ε
+
+
 def test_pgd_stays_in_the_ball_and_beats_fgsm_on_a_curved_loss():
     torch.manual_seed(0)
     x = torch.rand(4, 6) * 0.6 + 0.2

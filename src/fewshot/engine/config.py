@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "resample": "lanczos",
         "rotation": "classes",   # classes | none (rotations as classes are part of the split)
         "normalize": None,       # [mean, std]: pixels (in [0, 1], strokes = 1 for Omniglot) → (x − mean) / std;
-                                 # eval.attack_eps is then in normalized units (ε·std in pixels)
+                                 # eval.attack_eps stays in pixels (ε/std in normalized units)
         "train_part": "train",
         "val_part": "val",
         "test_part": "test",
@@ -82,7 +82,7 @@ DEFAULTS: dict[str, Any] = {
              "checkpoint": "best", "unlabeled": 0, "distractors": 0, "groups": "none", "same_items": False,
              "downsample": 0.0,  # damaged test images (Fort 2017's degraded-data comparison)
              "report_steps": [],  # methods that adapt at test time: also report the metric after these inner steps
-             "attack": "none", "attack_eps": [], "pgd_steps": 10,  # robustness: fgsm | pgd at each ε
+             "attack": "none", "attack_eps": [], "pgd_steps": 10,  # robustness: fgsm | pgd at each ε (pixels in 0..1)
              "lengths": [],  # sequence tasks: evaluate at these lengths (default: the training maximum)
              "report_instances": [1, 2, 3, 4, 5, 10],  # labelled sequences: per-instance accuracy rows
              "cache": True},  # as val.cache

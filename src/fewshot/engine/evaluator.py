@@ -99,7 +99,9 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
     adapt at test time (``needs_grad_at_test``); those also report the metric after every inner step
     (``curve``: step 0 = before adaptation). ``attack`` (``fgsm`` or ``pgd``) replaces every query item
     by a white-box adversarial example of L∞ size ``attack_eps`` against the model adapted on the clean
-    support set (:mod:`fewshot.methods.adversarial`). ``sampler_options`` go to the sampler. With ``cache``,
+    support set; for images ``attack_eps`` is in pixel-intensity units (a fraction of the 0..1 range, so
+    ε = 0.1 means the same with and without ``data.normalize``), for real-valued features in feature units
+    (:mod:`fewshot.methods.adversarial`). ``sampler_options`` go to the sampler. With ``cache``,
     metric methods embed every item once (:func:`embedded_dataset`) instead of once per task. With
     ``per_task`` the metric of every task is returned too (``per_task``, in task order), for paired comparisons
     of models evaluated on the same seeded tasks.
@@ -112,6 +114,9 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
     instances: list[torch.Tensor] = []  # labelled sequences: accuracy per presentation of a label
     metric = "accuracy"
     clip = input_range(dataset)
+    # ε is a fraction of the images' intensity range (0..1 pixels), whatever the normalization: in model-input
+    # units that is ε·(hi − lo) = ε/std; real-valued features have no range and take ε in their own units
+    unit = clip[1] - clip[0] if math.isfinite(clip[1] - clip[0]) else 1.0
     if attack != "none":
         from fewshot.methods.adversarial import attack_queries
 
@@ -131,7 +136,8 @@ def evaluate(model: Method, dataset, ways: int, shots: int, queries: int, tasks:
             for batch in sampler.fixed_tasks_iter(tasks):
                 batch = batch.to(device, memory_format)
                 if attack != "none":
-                    batch.query_x = attack_queries(model, batch, attack, attack_eps, clip, pgd_steps, attack_generator)
+                    batch.query_x = attack_queries(model, batch, attack, attack_eps * unit, clip, pgd_steps,
+                                                   attack_generator)
                 outputs = model.predict_steps(batch) if hasattr(model, "predict_steps") else [model.predict(batch)]
                 if hasattr(batch, "labels") and hasattr(batch, "images"):
                     from fewshot.methods.memory import instance_accuracy
