@@ -210,3 +210,14 @@ def test_attack_settings_are_checked():
         load_config("protonet", ["eval.attack=cw", "eval.attack_eps=[0.1]"])
     with pytest.raises(ConfigError, match="vmap"):
         ADML(nn.Linear(3, 2), vmap=True)
+
+
+def test_adml_attack_settings_are_pixels_whatever_the_normalization():
+    from fewshot.methods import build_method
+
+    raw = build_method(load_config("adml/omniglot-5w1s-fo-5k-eps0.1"), (1, 28, 28))
+    assert raw.adv_eps == pytest.approx(0.1) and raw.clip == pytest.approx((0.0, 1.0))
+    normalized = build_method(load_config("adml/omniglot-5w1s-fo-5k-eps0.1", ["data.normalize=[0.08,0.25]"]),
+                              (1, 28, 28))
+    assert normalized.adv_eps == pytest.approx(0.1 / 0.25)
+    assert normalized.clip == pytest.approx((-0.08 / 0.25, 0.92 / 0.25))

@@ -79,7 +79,9 @@ class ADML(MAML):
     """ADML (see module docstring): MAML with crossed clean/adversarial inner and outer loops.
 
     Args (besides MAML's): ``adv_eps`` the attack strength during meta-training, ``adv_attack`` ``fgsm``
-    or ``pgd`` (``adv_pgd_steps`` steps), ``clip_min``/``clip_max`` the valid input range.
+    or ``pgd`` (``adv_pgd_steps`` steps), ``clip_min``/``clip_max`` the valid input range. In a config they are
+    in pixel units (0..1); under ``data.normalize`` = (m, s) :meth:`from_config` maps them to the model's
+    inputs (ε/s, (clip − m)/s), as the evaluator does with ``eval.attack_eps``.
     """
 
     name: ClassVar[str] = "adml"
@@ -96,6 +98,15 @@ class ADML(MAML):
                               f"(got {adv_attack!r}, {adv_eps}, {clip_min}, {clip_max}).")
         self.adv_eps, self.adv_attack, self.adv_pgd_steps = adv_eps, adv_attack, adv_pgd_steps
         self.clip = (clip_min, clip_max)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], item_shape: tuple[int, ...]) -> "ADML":
+        model = super().from_config(config, item_shape)
+        if config["data"].get("normalize"):
+            mean, std = map(float, config["data"]["normalize"])
+            model.adv_eps /= std
+            model.clip = ((model.clip[0] - mean) / std, (model.clip[1] - mean) / std)
+        return model
 
     def _attack(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         frozen = {k: v.detach() for k, v in params.items()}
