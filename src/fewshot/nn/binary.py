@@ -6,7 +6,8 @@
   (the usual hard-tanh STE).
 * :func:`sign_standardized` — sign(x̂) of the per-sample standardized input x̂ = (x − μ)/(σ + ε) with the
   hard-tanh STE on x̂, as one autograd node (the same gradient as autograd through mean and std; an
-  XNORConv2d(128, 128, 5) step 1.9x faster, benchmarks/speed/batmann-precision-step-time.json; XNOR layers' binary inputs).
+  XNORConv2d(128, 128, 5) step 1.9x faster, benchmarks/speed/batmann-precision-step-time.json; XNOR layers'
+  binary inputs).
 * :func:`fake_quantize` — 8-bit symmetric fake quantization of weights, 127 levels of max|W| per tensor,
   identity gradient.
 * :class:`XNORConv2d` / :class:`XNORLinear` — XNOR-Net-style layers: weights standardized per output
@@ -59,7 +60,8 @@ class _SignStandardized(torch.autograd.Function):
     Backward, with g = ∂L/∂out · 1[|x̂| < 1] (the STE on x̂) and n the elements per sample:
     ∂L/∂x = (g − mean(g))/s − x̂ · Σ(g ⊙ x̂) / ((n − 1) σ)   (∂σ/∂x_i = (x_i − μ)/((n − 1) σ)).
     Statistics, x̂ and the gradient are computed in at least float32 (under bf16 autocast the
-    gradient's error against float64 is 0.17 % instead of 3.4 % with bf16 statistics, tests/test_batmann.py); the output and ∂L/∂x take the input's dtype.
+    gradient's error against float64 is 0.17 % instead of 3.4 % with bf16 statistics, tests/test_batmann.py);
+    the output and ∂L/∂x take the input's dtype.
     """
 
     @staticmethod
